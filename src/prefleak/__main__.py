@@ -1,0 +1,3 @@
+from prefleak.cli import main
+
+raise SystemExit(main())

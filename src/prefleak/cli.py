@@ -1,0 +1,425 @@
+"""The ``prefleak`` command line.
+
+Exit codes: 0 done (also when some input lines were rejected: they are in ``prefleak rejected``),
+1 the command could not do its work (a file missing, the database unusable), 2 wrong usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from prefleak import __version__
+from prefleak.config import default_db
+from prefleak.ingest import Ingestor, open_lines
+from prefleak.lineage import Lineage
+from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TIE_POLICIES
+from prefleak.report import PLSRow, pls_table
+from prefleak.store import AppendResult, EventStore, StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+_DESCRIPTION = """\
+prefleak watches LLM evaluations for preference leakage: a judge that favours students trained on
+data it (or a related model) generated. Feed it provenance and verdict events, then read the
+Preference Leakage Score (PLS, Li et al. 2025) of every judge pair that can show it.
+
+typical first run:
+  prefleak simulate --out demo.jsonl     # a synthetic stream with known leakage
+  prefleak ingest demo.jsonl             # validate and store it (./prefleak.db)
+  prefleak report                        # the PLS table with 95 % bootstrap intervals
+"""
+
+_EPILOG = """\
+The database is --db, else $PREFLEAK_DB, else ./prefleak.db.
+Exit codes: 0 done (rejected lines included), 1 could not do the work, 2 wrong usage.
+Event schema: docs/events.md. Relatedness rules: docs/relatedness.md. PLS: docs/pls.md."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' layout and shows every default."""
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="SQLite event store (default: $PREFLEAK_DB, else ./prefleak.db)",
+    )
+
+
+def _store(args: argparse.Namespace) -> EventStore:
+    return EventStore(args.db or default_db())
+
+
+# -- ingest -------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress report on a terminal; silent when stderr is not one."""
+
+    def __init__(self, label: str, total_bytes: int | None, stream: IO[str]) -> None:
+        self.label, self.total, self.stream = label, total_bytes, stream
+        self.enabled = stream.isatty()
+        self.read_bytes = 0
+        self.started = time.monotonic()
+        self.counts = AppendResult()
+
+    def lines(self, lines: Iterator[bytes]) -> Iterator[bytes]:
+        for line in lines:
+            self.read_bytes += len(line)
+            yield line
+
+    def batch(self, result: AppendResult) -> None:
+        self.counts.add(result)
+        if not self.enabled:
+            return
+        done = self.counts.accepted + self.counts.duplicate + self.counts.rejected
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        share = f"{100 * self.read_bytes / self.total:5.1f}% " if self.total else ""
+        self.stream.write(f"\r{self.label}: {share}{done:,} events ({rate:,.0f}/s)   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        ingestor = Ingestor(store, max_message_bytes=args.max_line_bytes)
+        total = AppendResult()
+        for name in args.files:
+            size = None if name == "-" else Path(name).stat().st_size
+            progress = _Progress(name, size, sys.stderr)
+            try:
+                with open_lines(name) as lines:
+                    result = ingestor.ingest_lines(
+                        progress.lines(iter(lines)),
+                        source="stdin" if name == "-" else f"file:{Path(name).resolve()}",
+                        on_batch=progress.batch,
+                    )
+            finally:
+                progress.close()
+            total.add(result)
+            print(
+                f"{name}: {result.accepted} accepted, {result.duplicate} duplicate, "
+                f"{result.rejected} rejected"
+            )
+            for error in result.errors[: args.show_errors]:
+                print(f"  rejected {error.location}: {error.error}")
+            if len(result.errors) > args.show_errors:
+                print(f"  ... see all with: prefleak rejected --db {store.path}")
+        if len(args.files) > 1:
+            print(
+                f"total: {total.accepted} accepted, {total.duplicate} duplicate, "
+                f"{total.rejected} rejected"
+            )
+    return EXIT_OK
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def load_lineage(store: EventStore) -> Lineage:
+    """Relatedness as of every provenance event stored, whatever order they arrived in."""
+    return Lineage.from_events(store.events(PROVENANCE_TYPES))  # type: ignore[arg-type]
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}%"
+
+
+def _render_table(rows: Sequence[PLSRow]) -> str:
+    header = ("benchmark", "judge i", "judge j", "S_i (relation)", "S_j (relation)", "PLS",
+              "95% CI", "prompts", "WR ii/ij/jj/ji", "human bias i/j")  # fmt: skip
+    lines = [header]
+    for row in rows:
+        wr = row.win_rates
+        rates = (
+            "n/a"
+            if wr is None
+            else "/".join(f"{100 * r:.0f}" for r in (wr.ii, wr.ij, wr.jj, wr.ji))
+        )
+        human = (
+            "-" if row.human is None
+            else f"{_pct(row.human.error_bias_i)}/{_pct(row.human.error_bias_j)}"
+        )  # fmt: skip
+        ci = (
+            row.undefined or ""
+            if row.ci_low is None
+            else f"[{_pct(row.ci_low)}, {_pct(row.ci_high)}]"
+        )
+        lines.append((
+            row.benchmark, row.judge_i, row.judge_j,
+            f"{row.student_i} ({row.relation_i} {row.share_i:.0%})",
+            f"{row.student_j} ({row.relation_j} {row.share_j:.0%})",
+            _pct(row.pls) + (" *" if row.significant else ""), ci, str(row.n_prompts), rates, human,
+        ))  # fmt: skip
+    widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        rows = pls_table(
+            store.verdict_counts(args.benchmark),
+            load_lineage(store),
+            ties=args.ties,
+            n_bootstrap=args.bootstrap,
+            min_prompts=args.min_prompts,
+        )
+    if args.json:
+        payload = {
+            "generated_at": datetime.now(UTC).isoformat(),
+            "ties": args.ties,
+            "pls": [row.to_json() for row in rows],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    if not rows:
+        print(
+            "No judge pair qualifies yet: PLS needs two judges i, j and two students where S_i is "
+            "related to i only and S_j to j only, both judged head to head. Check `prefleak "
+            "status` for what is stored."
+        )
+        return EXIT_OK
+    print(_render_table(rows))
+    print(
+        f"\nPLS as a fraction of the average win rate; ties count as {args.ties}; * = the 95 % "
+        f"interval excludes 0 (leakage). {len(rows)} row(s)."
+    )
+    return EXIT_OK
+
+
+# -- status, rejected, rebuild -------------------------------------------------------------------
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        newest = store.newest_event_ts()
+        status: dict[str, Any] = {
+            "db": str(store.path),
+            "events": store.event_counts(),
+            "rejected": store.rejected_count(),
+            "newest_event": None if newest is None else _iso(newest),
+            "offsets": [
+                {"source": source, "partition": part, "position": pos}
+                for (source, part), pos in store.offsets().items()
+            ],
+        }
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(f"database: {status['db']}")
+    events = status["events"]
+    print(f"events: {sum(events.values())} ({', '.join(f'{k} {v}' for k, v in events.items())})")
+    print(f"rejected: {status['rejected']}")
+    print(f"newest event: {status['newest_event'] or '-'}")
+    for offset in status["offsets"]:
+        print(f"offset {offset['source']}[{offset['partition']}]: {offset['position']}")
+    return EXIT_OK
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _cmd_rejected(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        rows = store.rejections(limit=args.limit)
+    if args.json:
+        print(json.dumps([
+            {"seq": r.seq, "received_at": _iso(r.received_at), "source": r.source,
+             "location": r.location, "error": r.error, "raw_size": r.raw_size,
+             "raw": r.raw.decode("utf-8", errors="replace")}
+            for r in rows
+        ], indent=2))  # fmt: skip
+        return EXIT_OK
+    if not rows:
+        print("no rejected messages")
+    for r in rows:
+        raw = r.raw[:120].decode("utf-8", errors="replace")
+        cut = " ..." if r.raw_size > 120 else ""
+        print(f"#{r.seq} {_iso(r.received_at)} {r.source} {r.location}\n  error: {r.error}")
+        print(f"  raw ({r.raw_size} bytes): {raw}{cut}")
+    return EXIT_OK
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        started = time.monotonic()
+        replayed = store.rebuild()
+    print(f"rebuilt projections from {replayed} events in {time.monotonic() - started:.1f} s")
+    return EXIT_OK
+
+
+# -- simulate -----------------------------------------------------------------------------------
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from prefleak.simulate import Scenario, simulate
+
+    scenario = Scenario(
+        seed=args.seed,
+        prompts_per_benchmark=args.prompts,
+        leakage=args.leakage,
+        rounds=args.rounds,
+        with_texts=args.texts,
+    )
+    out = sys.stdout.buffer if args.out in (None, "-") else Path(args.out).open("wb")  # noqa: SIM115
+    count = 0
+    try:
+        for event in simulate(scenario):
+            out.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            count += 1
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    if args.out not in (None, "-"):
+        print(f"wrote {count} events to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- wiring -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefleak", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=_Formatter
+    )
+    parser.add_argument("--version", action="version", version=f"prefleak {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], summary: str, details: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=summary, description=f"{summary}\n\n{details}", formatter_class=_Formatter
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    ingest = command(
+        "ingest",
+        _cmd_ingest,
+        "Validate and store events from JSONL files or stdin.",
+        "One JSON event per line (.jsonl, or .jsonl.gz). Lines already stored are counted as\n"
+        "duplicates, so re-ingesting a file changes nothing. Invalid lines are kept with their\n"
+        "error in the dead-letter table (`prefleak rejected`) and ingestion goes on.\n\n"
+        "example:\n  prefleak simulate | prefleak ingest -",
+    )
+    _db_option(ingest)
+    ingest.add_argument("files", nargs="+", metavar="FILE", help="JSONL file, or - for stdin")
+    ingest.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="reject lines longer than this without parsing them",
+    )
+    ingest.add_argument(
+        "--show-errors", type=int, default=5, metavar="N", help="rejections to print per file"
+    )
+
+    report = command(
+        "report",
+        _cmd_report,
+        "Print the Preference Leakage Score of every qualifying judge and student pair.",
+        "A row needs judges i, j and students S_i, S_j with S_i related to i but not j, S_j\n"
+        "related to j but not i, and both judges comparing S_i with S_j. PLS is a fraction\n"
+        "(0.184 = 18.4 %); the interval is a prompt bootstrap. Same model ~24 %, same series\n"
+        "~9 %, unrelated ~3 % in the paper.\n\n"
+        "example:\n  prefleak report --benchmark alpacaeval --json | jq '.pls[0]'",
+    )
+    _db_option(report)
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--benchmark", metavar="B", help="only this benchmark")
+    report.add_argument(
+        "--ties",
+        choices=TIE_POLICIES,
+        default="loss",
+        help="a tie is a non-win (loss, the paper's convention), half a win, or left out",
+    )
+    report.add_argument(
+        "--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N", help="resamples for CIs"
+    )
+    report.add_argument(
+        "--min-prompts",
+        type=int,
+        default=DEFAULT_MIN_PROMPTS,
+        metavar="N",
+        help="fewer prompts than this leave the PLS undefined",
+    )
+
+    status = command(
+        "status",
+        _cmd_status,
+        "Show what the store holds.",
+        "Events by type, rejected messages, the newest event time and stored source offsets.",
+    )
+    _db_option(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rejected = command(
+        "rejected",
+        _cmd_rejected,
+        "List dead-lettered messages, newest first, with their errors.",
+        "Every message that failed validation is kept here with its source and location.",
+    )
+    _db_option(rejected)
+    rejected.add_argument("--limit", type=int, default=50, metavar="N", help="0 for all")
+    rejected.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rebuild = command(
+        "rebuild",
+        _cmd_rebuild,
+        "Recompute every projection from the event log.",
+        "Safe at any time: events are the truth and projections are derived from them.",
+    )
+    _db_option(rebuild)
+
+    sim = command(
+        "simulate",
+        _cmd_simulate,
+        "Write a realistic synthetic event stream with known, injected leakage.",
+        "Generators, students on data mixtures, several judges and benchmarks, ties,\n"
+        "position-swapped games and a human panel. --leakage 0 gives a clean stream.\n\n"
+        "example:\n  prefleak simulate --seed 7 --leakage 0 --out clean.jsonl",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="random seed (same seed, same stream)")
+    sim.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    sim.add_argument("--prompts", type=int, default=300, help="prompts per benchmark")
+    sim.add_argument("--leakage", type=float, default=1.0, help="scale of injected leakage")
+    sim.add_argument("--rounds", type=int, default=1, help="times the prompt set is re-judged")
+    sim.add_argument("--texts", action="store_true", help="include prompt and response texts")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except StoreError as exc:
+        print(f"prefleak: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(
+            f"prefleak: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,1 @@
+"""Event sources: files and stdin, HTTP, Kafka. Each turns messages into store batches."""

@@ -1,0 +1,1 @@
+"""The long-running service: source loops, periodic recompute, HTTP API and metrics."""

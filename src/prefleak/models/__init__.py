@@ -1,0 +1,1 @@
+"""Pydantic events and the domain types built from them."""

@@ -1,0 +1,238 @@
+"""Event schema v1: the only definition of what prefleak accepts (documented in docs/events.md).
+
+Every event is one JSON object discriminated by ``type``. Events are the truth; everything else
+prefleak knows is a projection of them. An event without ``id`` gets a deterministic one, a hash of
+its canonical content, so re-ingesting the same file is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+"""Identifiers of models, datasets, benchmarks, prompts and events."""
+
+
+class _Event(BaseModel):
+    """Fields every event may carry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    id: Id | None = None
+    ts: AwareDatetime | None = None
+
+
+class ModelEvent(_Event):
+    """A model exists, with its family and series (and, if fine-tuned, the weights it came from)."""
+
+    type: Literal["model"]
+    model: Id
+    family: Id | None = None
+    series: Id | None = None
+    parent: Id | None = None
+    kind: Literal["llm", "human"] | None = None
+
+    @model_validator(mode="after")
+    def _not_own_parent(self) -> ModelEvent:
+        if self.parent == self.model:
+            raise ValueError(f"model {self.model!r} cannot be its own parent")
+        return self
+
+
+class DatasetEvent(_Event):
+    """A dataset exists; ``generator`` is the model that wrote it, or null for human data."""
+
+    type: Literal["dataset"]
+    dataset: Id
+    generator: Id | None
+    size: Annotated[int, Field(ge=0)] | None = None
+
+
+class DatasetShare(BaseModel):
+    """One dataset of a training mixture and its share of the training data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    dataset: Id
+    share: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+SHARE_SUM_TOLERANCE = 1e-6
+
+
+class TrainingEvent(_Event):
+    """``model`` was trained from ``base`` on a mixture of datasets."""
+
+    type: Literal["training"]
+    model: Id
+    base: Id
+    method: Annotated[str, Field(min_length=1, max_length=64)]
+    """``sft``, ``dpo``, ``distill``, ``icl`` or any other method name."""
+    datasets: Annotated[list[DatasetShare], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingEvent:
+        if self.model == self.base:
+            raise ValueError(f"model {self.model!r} cannot be trained from itself")
+        total = sum(d.share for d in self.datasets)
+        if total > 1.0 + SHARE_SUM_TOLERANCE:
+            raise ValueError(f"dataset shares sum to {total:.6g}, more than 1")
+        names = [d.dataset for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError("a dataset is listed twice in datasets")
+        return self
+
+
+class VerdictEvent(_Event):
+    """Judge ``judge`` compared ``model_a`` with ``model_b`` on one prompt and named a winner."""
+
+    type: Literal["verdict"]
+    benchmark: Id
+    prompt_id: Id
+    judge: Id
+    model_a: Id
+    model_b: Id
+    winner: Literal["a", "b", "tie"]
+    game: Literal[1, 2] | None = None
+    """Which of the two position-swapped games of one comparison this is."""
+    first: Literal["a", "b"] | None = None
+    """Which response the judge was shown first."""
+    category: Id | None = None
+    len_a: Annotated[int, Field(ge=0)] | None = None
+    len_b: Annotated[int, Field(ge=0)] | None = None
+    track: Id | None = None
+    prompt: str | None = None
+    response_a: str | None = None
+    response_b: str | None = None
+
+    @model_validator(mode="after")
+    def _two_candidates(self) -> VerdictEvent:
+        if self.model_a == self.model_b:
+            raise ValueError(f"model_a and model_b are both {self.model_a!r}")
+        return self
+
+
+Event = Annotated[
+    ModelEvent | DatasetEvent | TrainingEvent | VerdictEvent,
+    Field(discriminator="type"),
+]
+EVENT_TYPES: tuple[str, ...] = ("model", "dataset", "training", "verdict")
+PROVENANCE_TYPES: frozenset[str] = frozenset({"model", "dataset", "training"})
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class EventError(ValueError):
+    """A message that is not a valid event, with a reason a person can act on."""
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        path = item["loc"][1:] if item["loc"][:1] and item["loc"][0] in EVENT_TYPES else item["loc"]
+        location = ".".join(str(p) for p in path)
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A validated event ready to store: ``id`` and ``ts`` filled in, and the JSON as received.
+
+    Keeping the sender's bytes (not a re-serialisation) makes ingest cheap and the log exactly
+    what was sent; replay validates them again, which gives the same event.
+    """
+
+    event: Event
+    body: bytes
+    location: str = ""
+    """Where the message came from within its source (line, offset), for error reports."""
+
+
+def _content(event: Event, *, with_ts: bool) -> bytes:
+    """Canonical content: fields in schema order, no nulls, never the id."""
+    exclude = {"id"} if with_ts else {"id", "ts"}
+    return event.model_dump_json(exclude=exclude, exclude_none=True).encode()
+
+
+def content_id(event: Event) -> str:
+    """Deterministic id of an event sent without one: a hash of its canonical content."""
+    return hashlib.blake2b(_content(event, with_ts=True), digest_size=16).hexdigest()
+
+
+def same_content(one: Event, other: Event) -> bool:
+    """Whether two events with one id say the same thing (``ts`` compared only if both have one).
+
+    A re-sent event whose ``ts`` was defaulted at ingestion is the same event, not a conflict.
+    """
+    with_ts = one.ts is not None and other.ts is not None
+    return _content(one, with_ts=with_ts) == _content(other, with_ts=with_ts)
+
+
+def validate(raw: bytes | str) -> Event:
+    """Validate one JSON object; raises :class:`EventError` with a precise reason."""
+    try:
+        return _EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        if isinstance(raw, bytes):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise EventError(f"invalid UTF-8 at byte {bad.start}") from None
+        raise EventError(_describe(exc)) from None
+
+
+def validate_object(obj: Any) -> Event:
+    """Like :func:`validate`, for an already decoded JSON value."""
+    try:
+        return _EVENT_ADAPTER.validate_python(obj)
+    except ValidationError as exc:
+        raise EventError(_describe(exc)) from None
+
+
+def complete(event: Event, *, received_at: datetime | None = None) -> Event:
+    """Fill the defaults: ``id`` from the content, ``ts`` from the time of ingestion."""
+    updates: dict[str, Any] = {}
+    if event.id is None:
+        updates["id"] = content_id(event)
+    if event.ts is None:
+        updates["ts"] = received_at or datetime.now(UTC)
+    return event.model_copy(update=updates) if updates else event
+
+
+def to_record(raw: bytes, *, location: str = "", received_at: datetime | None = None) -> Record:
+    """Validate one message and complete it into a storable record."""
+    return Record(complete(validate(raw), received_at=received_at), raw.strip(), location)
+
+
+def parse_event(raw: bytes | str, *, received_at: datetime | None = None) -> Event:
+    """Validate one JSON object into an event with ``id`` and ``ts`` filled in."""
+    return complete(validate(raw), received_at=received_at)
+
+
+def parse_object(obj: Any, *, received_at: datetime | None = None) -> Event:
+    """Like :func:`parse_event`, for an already decoded JSON value."""
+    return complete(validate_object(obj), received_at=received_at)
+
+
+def is_human(model: str, kind: str | None) -> bool:
+    """A judge is human when registered with kind ``human`` or when its id starts with ``human``."""
+    return kind == "human" or model.startswith("human")

@@ -1,0 +1,200 @@
+"""The PLS table: which judge pairs and student pairs qualify, and their scores (pure).
+
+Takes the verdict projection rows and a :class:`~prefleak.lineage.Lineage`; the caller fetches both.
+A quadruple (judges i, j; students S_i, S_j) qualifies when S_i is related to i but not to j, S_j is
+related to j but not to i, and both judges compared S_i with S_j on the same benchmark.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from prefleak.lineage import Lineage, Relation
+from prefleak.pls import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_MIN_PROMPTS,
+    Counts,
+    TiePolicy,
+    WinRates,
+    combine_games,
+    estimate_pls,
+    win_rate,
+)
+
+CountRow = tuple[str, str, str, str, str, int, int, int, int]
+"""A verdict projection row: benchmark, judge, model_lo, model_hi, prompt, game, lo, hi, ties."""
+
+_PromptGames = dict[str, dict[int, tuple[int, int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class HumanBias:
+    """How far each related judge's win rate for its own student is from the humans'."""
+
+    judges: tuple[str, ...]
+    n_prompts: int
+    error_bias_i: float | None
+    error_bias_j: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PLSRow:
+    """One line of the PLS table."""
+
+    benchmark: str
+    judge_i: str
+    judge_j: str
+    student_i: str
+    student_j: str
+    relation_i: str
+    relation_j: str
+    share_i: float
+    share_j: float
+    pls: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_prompts: int
+    win_rates: WinRates | None
+    undefined: str | None
+    human: HumanBias | None
+
+    @property
+    def significant(self) -> bool:
+        """The whole confidence interval lies above zero."""
+        return self.ci_low is not None and self.ci_low > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _group(rows: Iterable[CountRow]) -> dict[tuple[str, str, str], dict[str, _PromptGames]]:
+    """(benchmark, lo, hi) → judge → prompt → game → (lo wins, hi wins, ties)."""
+    grouped: dict[tuple[str, str, str], dict[str, _PromptGames]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for benchmark, judge, lo, hi, prompt, game, lo_wins, hi_wins, ties in rows:
+        grouped[(benchmark, lo, hi)][judge].setdefault(prompt, {})[game] = (lo_wins, hi_wins, ties)
+    return grouped
+
+
+def _counts(by_prompt: _PromptGames, prompts: list[str], student_i_is_lo: bool) -> Counts:
+    """Per-prompt (S_i wins, S_j wins, ties) of one judge, aligned to ``prompts``."""
+    out = np.zeros((len(prompts), 3))
+    for row, prompt in enumerate(prompts):
+        games = by_prompt.get(prompt)
+        if games:
+            lo, hi, ties = combine_games(games)
+            out[row] = (lo, hi, ties) if student_i_is_lo else (hi, lo, ties)
+    return out
+
+
+def _assign(
+    lineage: Lineage, x: str, y: str, lo: str, hi: str
+) -> tuple[str, str, str, str, Relation, Relation] | None:
+    """Judges and students ordered as (i, j, S_i, S_j) if the pair qualifies, else None."""
+    for i, j in ((x, y), (y, x)):
+        for s_i, s_j in ((lo, hi), (hi, lo)):
+            rel_i, rel_j = lineage.relation(i, s_i), lineage.relation(j, s_j)
+            if (
+                rel_i.related
+                and rel_j.related
+                and not lineage.relation(j, s_i).related
+                and not lineage.relation(i, s_j).related
+            ):
+                return i, j, s_i, s_j, rel_i, rel_j
+    return None
+
+
+def _seed(*parts: str) -> int:
+    """A stable per-row seed, so the same data always gives the same interval."""
+    return zlib.crc32("\x1f".join(parts).encode())
+
+
+def pls_table(
+    rows: Iterable[CountRow],
+    lineage: Lineage,
+    *,
+    ties: TiePolicy = "loss",
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    min_prompts: int = DEFAULT_MIN_PROMPTS,
+) -> list[PLSRow]:
+    """Every qualifying quadruple with its PLS, CI and (where humans judged) error bias."""
+    table: list[PLSRow] = []
+    for (benchmark, lo, hi), by_judge in _group(rows).items():
+        humans = sorted(j for j in by_judge if lineage.is_human(j))
+        machines = sorted(j for j in by_judge if not lineage.is_human(j))
+        for a, x in enumerate(machines):
+            for y in machines[a + 1 :]:
+                assigned = _assign(lineage, x, y, lo, hi)
+                if assigned is None:
+                    continue
+                i, j, s_i, s_j, rel_i, rel_j = assigned
+                prompts = sorted(by_judge[i].keys() | by_judge[j].keys())
+                i_is_lo = s_i == lo
+                estimate = estimate_pls(
+                    _counts(by_judge[i], prompts, i_is_lo),
+                    _counts(by_judge[j], prompts, i_is_lo),
+                    ties=ties,
+                    n_bootstrap=n_bootstrap,
+                    min_prompts=min_prompts,
+                    seed=_seed(benchmark, i, j, s_i, s_j),
+                )
+                table.append(
+                    PLSRow(
+                        benchmark=benchmark,
+                        judge_i=i,
+                        judge_j=j,
+                        student_i=s_i,
+                        student_j=s_j,
+                        relation_i=rel_i.kind.value,
+                        relation_j=rel_j.kind.value,
+                        share_i=rel_i.share,
+                        share_j=rel_j.share,
+                        pls=estimate.pls,
+                        ci_low=estimate.ci_low,
+                        ci_high=estimate.ci_high,
+                        n_prompts=estimate.n_prompts,
+                        win_rates=estimate.win_rates,
+                        undefined=estimate.undefined,
+                        human=_human_bias(by_judge, humans, i_is_lo, estimate.win_rates, ties),
+                    )
+                )
+    table.sort(key=lambda r: (r.benchmark, r.judge_i, r.judge_j, r.student_i, r.student_j))
+    return table
+
+
+def _human_bias(
+    by_judge: dict[str, _PromptGames],
+    humans: list[str],
+    student_i_is_lo: bool,
+    rates: WinRates | None,
+    ties: TiePolicy,
+) -> HumanBias | None:
+    """Error bias of each related judge against the pooled human verdicts on the same pair."""
+    if not humans:
+        return None
+    pooled = np.zeros((0, 3))
+    n_prompts = 0
+    for human in humans:
+        prompts = sorted(by_judge[human])
+        n_prompts += len(prompts)
+        pooled = np.vstack([pooled, _counts(by_judge[human], prompts, student_i_is_lo)])
+    human_i, human_j = win_rate(pooled, "i", ties), win_rate(pooled, "j", ties)
+
+    def bias(judge_rate: float | None, human_rate: float) -> float | None:
+        if judge_rate is None or np.isnan(human_rate):
+            return None
+        return judge_rate - human_rate
+
+    return HumanBias(
+        judges=tuple(humans),
+        n_prompts=n_prompts,
+        error_bias_i=bias(rates.ii if rates else None, human_i),
+        error_bias_j=bias(rates.jj if rates else None, human_j),
+    )

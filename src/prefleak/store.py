@@ -1,0 +1,375 @@
+"""The append-only event store (SQLite, WAL) and the projections kept beside it.
+
+Every batch -- its new events, the projection deltas they cause, its rejected lines and the source
+offsets it advances -- is written in one transaction, so a crash leaves either all of it or none.
+Projections are derived data: :meth:`EventStore.rebuild` recomputes them from the log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefleak.models.events import (
+    Event,
+    Record,
+    VerdictEvent,
+    same_content,
+    validate,
+)
+
+RAW_KEEP_BYTES = 64 * 1024
+"""How much of a rejected message is kept; the rest is cut (its full size is recorded)."""
+
+CACHE_KIB = 64 * 1024
+"""SQLite page cache per connection: keeps the id index hot during ingest, bounded memory."""
+
+_ID_CHUNK = 900  # below SQLite's limit on bound parameters per statement
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    source TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+-- Partial: verdicts are nearly all of the log and never looked up by type.
+CREATE INDEX IF NOT EXISTS events_provenance ON events (type) WHERE type <> 'verdict';
+CREATE TABLE IF NOT EXISTS rejected (
+    seq INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    location TEXT NOT NULL,
+    error TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    raw_size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offsets (
+    source TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (source, partition)
+) WITHOUT ROWID;
+"""
+
+_PROJECTIONS = """
+CREATE TABLE IF NOT EXISTS verdict_counts (
+    benchmark TEXT NOT NULL,
+    judge TEXT NOT NULL,
+    model_lo TEXT NOT NULL,
+    model_hi TEXT NOT NULL,
+    prompt_id TEXT NOT NULL,
+    game INTEGER NOT NULL,
+    lo_wins INTEGER NOT NULL,
+    hi_wins INTEGER NOT NULL,
+    ties INTEGER NOT NULL,
+    PRIMARY KEY (benchmark, judge, model_lo, model_hi, prompt_id, game)
+) WITHOUT ROWID
+"""
+PROJECTION_TABLES = ("verdict_counts",)
+
+_UPSERT_COUNTS = """
+INSERT INTO verdict_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (benchmark, judge, model_lo, model_hi, prompt_id, game) DO UPDATE SET
+    lo_wins = lo_wins + excluded.lo_wins,
+    hi_wins = hi_wins + excluded.hi_wins,
+    ties = ties + excluded.ties
+"""
+
+CountKey = tuple[str, str, str, str, str, int]
+"""benchmark, judge, model_lo, model_hi, prompt_id, game (0 when the verdict names no game)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that failed validation, kept so a person can see and fix it."""
+
+    source: str
+    location: str
+    raw: bytes
+    error: str
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction writes: records, rejections and the source offsets they advance."""
+
+    records: list[Record] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    offsets: dict[tuple[str, str], int] = field(default_factory=dict)
+    source: str = "unknown"
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.rejections)
+
+
+@dataclass(slots=True)
+class AppendResult:
+    """Outcome counts of one or more appends."""
+
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    errors: list[Rejection] = field(default_factory=list)
+    """The rejections of this append (conflicting ids included), in arrival order."""
+
+    def add(self, other: AppendResult) -> None:
+        self.accepted += other.accepted
+        self.duplicate += other.duplicate
+        self.rejected += other.rejected
+        self.errors.extend(other.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRejection:
+    """One row of the dead-letter table."""
+
+    seq: int
+    received_at: float
+    source: str
+    location: str
+    error: str
+    raw: bytes
+    raw_size: int
+
+
+def count_key(verdict: VerdictEvent) -> tuple[CountKey, tuple[int, int, int]]:
+    """Projection key and deltas (lo wins, hi wins, ties) of one verdict.
+
+    Candidates are stored in a canonical order (``model_lo < model_hi``) so both orders of one
+    comparison land on the same row.
+    """
+    a_is_lo = verdict.model_a < verdict.model_b
+    lo, hi = (verdict.model_a, verdict.model_b) if a_is_lo else (verdict.model_b, verdict.model_a)
+    key = (verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id, verdict.game or 0)
+    if verdict.winner == "tie":
+        return key, (0, 0, 1)
+    lo_won = (verdict.winner == "a") == a_is_lo
+    return key, ((1, 0, 0) if lo_won else (0, 1, 0))
+
+
+def _project(events: Iterable[Event]) -> list[tuple[str, str, str, str, str, int, int, int, int]]:
+    """Aggregate a batch's verdict deltas so each projection row is written once."""
+    sums: dict[CountKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for event in events:
+        if isinstance(event, VerdictEvent):
+            key, (lo, hi, tie) = count_key(event)
+            row = sums[key]
+            row[0] += lo
+            row[1] += hi
+            row[2] += tie
+    return [(*key, counts[0], counts[1], counts[2]) for key, counts in sums.items()]
+
+
+def _restore(body: bytes, event_id: str, ts: float) -> Event:
+    """A stored event as it was ingested: the sender's JSON plus the id and ts it was given."""
+    event = validate(body)
+    if event.id is None or event.ts is None:
+        return event.model_copy(update={"id": event_id, "ts": datetime.fromtimestamp(ts, UTC)})
+    return event
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (corrupt, locked, not a prefleak store)."""
+
+
+class EventStore:
+    """SQLite event log with its projections; one writer, any number of readers."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(_PROJECTIONS)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open event store {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, batch: Batch) -> AppendResult:
+        """Store a batch atomically; events already stored (same id and content) are skipped."""
+        result = AppendResult()
+        now = time.time()
+        with self._transaction():
+            fresh, conflicts = self._split_known(batch.records, batch.source, result)
+            self._db.executemany(
+                "INSERT INTO events (id, type, ts, source, body) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.event.id,
+                        r.event.type,
+                        r.event.ts.timestamp() if r.event.ts else now,
+                        batch.source,
+                        r.body,
+                    )
+                    for r in fresh
+                ],
+            )
+            self._db.executemany(_UPSERT_COUNTS, _project(r.event for r in fresh))
+            rejections = [*batch.rejections, *conflicts]
+            self._db.executemany(
+                "INSERT INTO rejected (received_at, source, location, error, raw, raw_size)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (now, r.source, r.location, r.error, r.raw[:RAW_KEEP_BYTES], len(r.raw))
+                    for r in rejections
+                ],
+            )
+            self._db.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (source, partition)"
+                " DO UPDATE SET position = excluded.position",
+                [(source, part, pos) for (source, part), pos in batch.offsets.items()],
+            )
+        result.accepted = len(fresh)
+        result.rejected = len(rejections)
+        result.errors = rejections
+        return result
+
+    def _split_known(
+        self, records: Sequence[Record], source: str, result: AppendResult
+    ) -> tuple[list[Record], list[Rejection]]:
+        """New records, and rejections for ids already used by other content."""
+        ids = [r.event.id for r in records]
+        stored: dict[str, bytes] = {}
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            stored.update(
+                self._db.execute(f"SELECT id, body FROM events WHERE id IN ({marks})", chunk)
+            )
+        fresh: list[Record] = []
+        conflicts: list[Rejection] = []
+        for record in records:
+            event_id = record.event.id
+            assert event_id is not None
+            known = stored.get(event_id)
+            if known is None:
+                stored[event_id] = record.body
+                fresh.append(record)
+            elif known == record.body or same_content(validate(known), validate(record.body)):
+                result.duplicate += 1
+            else:
+                conflicts.append(
+                    Rejection(
+                        source=source,
+                        location=record.location or f"id {event_id}",
+                        raw=record.body,
+                        error=f"id conflict: event {event_id!r} is already stored with other "
+                        "content; give the new event its own id",
+                    )
+                )
+        return fresh, conflicts
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self._lock)
+
+    def rebuild(self, batch_size: int = 20_000) -> int:
+        """Drop and recompute every projection from the event log; returns events replayed."""
+        replayed = 0
+        with self._transaction():
+            for table in PROJECTION_TABLES:
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+            self._db.execute(_PROJECTIONS)
+            cursor = self._db.execute("SELECT body, id, ts FROM events ORDER BY seq")
+            while rows := cursor.fetchmany(batch_size):
+                self._db.executemany(_UPSERT_COUNTS, _project(_restore(*row) for row in rows))
+                replayed += len(rows)
+        return replayed
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def events(self, types: Iterable[str] | None = None) -> Iterator[Event]:
+        """Stored events in arrival order, optionally only some types."""
+        sql = "SELECT body, id, ts FROM events"
+        wanted: list[str] = []
+        if types is not None:
+            wanted = sorted(set(types))
+            sql += f" WHERE type IN ({','.join('?' * len(wanted))})"
+            if "verdict" not in wanted:
+                sql += " AND type <> 'verdict'"  # lets SQLite use the partial index
+        for body, event_id, ts in self._db.execute(sql + " ORDER BY seq", wanted):
+            yield _restore(body, event_id, ts)
+
+    def verdict_counts(
+        self, benchmark: str | None = None
+    ) -> list[tuple[str, str, str, str, str, int, int, int, int]]:
+        """Rows of the verdict projection, optionally of one benchmark."""
+        sql = "SELECT * FROM verdict_counts"
+        if benchmark is None:
+            return self._db.execute(sql).fetchall()
+        return self._db.execute(sql + " WHERE benchmark = ?", (benchmark,)).fetchall()
+
+    def projection_dump(self) -> dict[str, list[tuple[object, ...]]]:
+        """Every projection table in key order, for comparing a rebuild with the live state."""
+        return {
+            table: self._db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5, 6").fetchall()
+            for table in PROJECTION_TABLES
+        }
+
+    def event_counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY 1"))
+
+    def rejected_count(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM rejected").fetchone()
+        return int(count)
+
+    def newest_event_ts(self) -> float | None:
+        (ts,) = self._db.execute("SELECT max(ts) FROM events").fetchone()
+        return None if ts is None else float(ts)
+
+    def offsets(self) -> dict[tuple[str, str], int]:
+        rows = self._db.execute("SELECT source, partition, position FROM offsets ORDER BY 1, 2")
+        return {(source, part): pos for source, part, pos in rows}
+
+    def rejections(self, limit: int | None = None) -> list[StoredRejection]:
+        sql = "SELECT * FROM rejected ORDER BY seq DESC"
+        rows = self._db.execute(sql + " LIMIT ?", (limit,)) if limit else self._db.execute(sql)
+        return [StoredRejection(*row) for row in rows]
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock, rolled back on any exception.
+
+    The lock lets several source threads share one store; SQLite's own locking keeps other
+    processes out while the transaction runs.
+    """
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._db, self._lock = db, lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._lock.release()

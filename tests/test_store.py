@@ -1,0 +1,120 @@
+"""The event store: idempotent appends, atomic batches, dead letters, offsets and rebuild."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from prefleak.ingest import Ingestor, read_message
+from prefleak.models.events import Record
+from prefleak.simulate import Scenario, simulate
+from prefleak.store import Batch, EventStore, Rejection, StoreError
+
+
+def _lines(events: list[dict[str, object]]) -> list[bytes]:
+    return [json.dumps(e).encode() for e in events]
+
+
+def _verdict(prompt: str, winner: str = "a", **extra: object) -> dict[str, object]:
+    return {"type": "verdict", "benchmark": "b", "prompt_id": prompt, "judge": "j",
+            "model_a": "m2", "model_b": "m1", "winner": winner, **extra}  # fmt: skip
+
+
+def _record(raw: bytes, location: str = "line 1") -> Record:
+    item = read_message(raw, source="test", location=location)
+    assert isinstance(item, Record), item
+    return item
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EventStore:
+    return EventStore(tmp_path / "events.db")
+
+
+def test_reingest_is_a_no_op(store: EventStore) -> None:
+    lines = _lines([_verdict("p1"), _verdict("p2", "tie"), {"type": "model", "model": "j"}])
+    first = Ingestor(store).ingest_lines(lines, source="f")
+    second = Ingestor(store).ingest_lines(lines, source="f")
+    assert (first.accepted, first.duplicate) == (3, 0)
+    assert (second.accepted, second.duplicate, second.rejected) == (0, 3, 0)
+    assert store.event_counts() == {"model": 1, "verdict": 2}
+    assert sorted(store.verdict_counts()) == [
+        ("b", "j", "m1", "m2", "p1", 0, 0, 1, 0),
+        ("b", "j", "m1", "m2", "p2", 0, 0, 0, 1),
+    ]
+
+
+def test_duplicates_within_one_batch_count_once(store: EventStore) -> None:
+    line = json.dumps(_verdict("p1", id="same")).encode()
+    result = Ingestor(store).ingest_lines([line, line, line], source="f")
+    assert (result.accepted, result.duplicate) == (1, 2)
+    assert store.verdict_counts()[0][-3:] == (0, 1, 0)
+
+
+def test_an_id_reused_for_other_content_is_rejected(store: EventStore) -> None:
+    Ingestor(store).ingest_lines(_lines([_verdict("p1", id="x")]), source="f")
+    result = Ingestor(store).ingest_lines(_lines([_verdict("p1", "b", id="x")]), source="g")
+    assert (result.accepted, result.rejected) == (0, 1)
+    [dead] = store.rejections()
+    assert (dead.source, dead.location) == ("g", "line 1")
+    assert "id conflict: event 'x' is already stored with other content" in dead.error
+
+
+def test_resent_event_without_ts_is_a_duplicate_not_a_conflict(store: EventStore) -> None:
+    line = json.dumps(_verdict("p1", id="x")).encode()
+    Ingestor(store).ingest_lines([line], source="f")
+    again = Ingestor(store).ingest_lines([line], source="f")
+    assert again.duplicate == 1 and again.rejected == 0
+
+
+def test_batch_is_atomic_with_offsets(store: EventStore) -> None:
+    batch = Batch(source="kafka:t", offsets={("kafka:t", "0"): 42})
+    batch.records.append(_record(json.dumps(_verdict("p1")).encode()))
+    batch.rejections.append(Rejection("kafka:t", "partition 0 offset 41", b"{", "Invalid JSON"))
+    store.append(batch)
+    assert store.offsets() == {("kafka:t", "0"): 42}
+    assert store.event_counts() == {"verdict": 1} and store.rejected_count() == 1
+
+    failing = Batch(source="kafka:t", offsets={("kafka:t", "0"): 99})
+    failing.records.append(_record(json.dumps(_verdict("p9")).encode()))
+    failing.rejections.append(Rejection("kafka:t", "x", b"x", None))  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.append(failing)
+    assert store.offsets() == {("kafka:t", "0"): 42}, "offsets moved without their events"
+    assert store.event_counts() == {"verdict": 1}
+
+
+def test_rebuild_gives_identical_projections(store: EventStore) -> None:
+    events = list(simulate(Scenario(seed=3, prompts_per_benchmark=20, duplicate_fraction=0.05)))
+    Ingestor(store, batch_size=333).ingest_lines(_lines(events), source="sim")
+    live = store.projection_dump()
+    assert live["verdict_counts"]
+    assert store.rebuild(batch_size=1000) == sum(store.event_counts().values())
+    assert store.projection_dump() == live
+
+
+def test_stored_events_replay_with_their_ids_and_times(store: EventStore) -> None:
+    Ingestor(store).ingest_lines(_lines([{"type": "model", "model": "m"}]), source="f")
+    [event] = store.events(["model"])
+    assert event.id is not None and event.ts is not None
+    assert list(store.events(["dataset"])) == []
+
+
+def test_large_rejected_message_is_cut_but_its_size_kept(store: EventStore) -> None:
+    huge = b'{"type": "verdict", "x": "' + b"y" * (10 * 1024 * 1024) + b'"}'
+    result = Ingestor(store).ingest_lines([huge, json.dumps(_verdict("p")).encode()], source="f")
+    assert (result.accepted, result.rejected) == (1, 1)
+    [dead] = store.rejections()
+    assert dead.error == f"message of {len(huge)} bytes exceeds the limit of 1048576"
+    assert dead.raw_size == len(huge) and len(dead.raw) == 64 * 1024
+    assert dead.location == "line 1"
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.db"
+    bogus.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open event store"):
+        EventStore(bogus)
