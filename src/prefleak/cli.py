@@ -132,7 +132,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def load_lineage(store: EventStore) -> Lineage:
     """Relatedness as of every provenance event stored, whatever order they arrived in."""
-    return Lineage.from_events(store.events(PROVENANCE_TYPES))  # type: ignore[arg-type]
+    return Lineage.from_events(store.events(PROVENANCE_TYPES))
 
 
 def _pct(value: float | None) -> str:
