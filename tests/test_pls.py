@@ -107,19 +107,26 @@ def test_bootstrap_handles_large_benchmarks_in_chunks() -> None:
     assert estimate.ci_low < 0.2 < estimate.ci_high
 
 
+NONE = (0, 0, 0)
+
+
 class TestBothGames:
     def test_agreeing_games_give_a_win(self) -> None:
-        assert combine_games({1: (1, 0, 0), 2: (1, 0, 0)}) == (1, 0, 0)
-        assert combine_games({1: (0, 1, 0), 2: (0, 1, 0)}) == (0, 1, 0)
+        assert combine_games(NONE, (1, 0, 0), (1, 0, 0)) == (1, 0, 0)
+        assert combine_games(NONE, (0, 1, 0), (0, 1, 0)) == (0, 1, 0)
 
     def test_disagreeing_games_give_a_tie(self) -> None:
-        assert combine_games({1: (1, 0, 0), 2: (0, 1, 0)}) == (0, 0, 1)
+        assert combine_games(NONE, (1, 0, 0), (0, 1, 0)) == (0, 0, 1)
 
     def test_a_tied_game_makes_the_comparison_a_tie(self) -> None:
-        assert combine_games({1: (1, 0, 0), 2: (0, 0, 1)}) == (0, 0, 1)
+        assert combine_games(NONE, (1, 0, 0), (0, 0, 1)) == (0, 0, 1)
 
     def test_a_single_game_counts_alone(self) -> None:
-        assert combine_games({2: (0, 1, 0)}) == (0, 1, 0)
+        assert combine_games(NONE, NONE, (0, 1, 0)) == (0, 1, 0)
 
     def test_verdicts_without_game_count_each(self) -> None:
-        assert combine_games({0: (2, 1, 1), 1: (1, 0, 0), 2: (1, 0, 0)}) == (3, 1, 1)
+        assert combine_games((2, 1, 1), (1, 0, 0), (1, 0, 0)) == (3, 1, 1)
+
+    def test_repeated_games_must_all_agree(self) -> None:
+        assert combine_games(NONE, (2, 0, 0), (1, 0, 0)) == (1, 0, 0)
+        assert combine_games(NONE, (1, 1, 0), (1, 0, 0)) == (0, 0, 1)

@@ -42,8 +42,8 @@ def test_reingest_is_a_no_op(store: EventStore) -> None:
     assert (second.accepted, second.duplicate, second.rejected) == (0, 3, 0)
     assert store.event_counts() == {"model": 1, "verdict": 2}
     assert sorted(store.verdict_counts()) == [
-        ("b", "j", "m1", "m2", "p1", 0, 0, 1, 0),
-        ("b", "j", "m1", "m2", "p2", 0, 0, 0, 1),
+        ("b", "j", "m1", "m2", "p1", 0, 1, 0, 0, 0, 0, 0, 0, 0),
+        ("b", "j", "m1", "m2", "p2", 0, 0, 1, 0, 0, 0, 0, 0, 0),
     ]
 
 
@@ -51,7 +51,15 @@ def test_duplicates_within_one_batch_count_once(store: EventStore) -> None:
     line = json.dumps(_verdict("p1", id="same")).encode()
     result = Ingestor(store).ingest_lines([line, line, line], source="f")
     assert (result.accepted, result.duplicate) == (1, 2)
-    assert store.verdict_counts()[0][-3:] == (0, 1, 0)
+    assert store.verdict_counts()[0].games() == ((0, 1, 0), (0, 0, 0), (0, 0, 0))
+
+
+def test_games_are_counted_apart(store: EventStore) -> None:
+    lines = _lines([_verdict("p", "a", game=1), _verdict("p", "tie", game=2), _verdict("p", "b")])
+    Ingestor(store).ingest_lines(lines, source="f")
+    [row] = store.verdict_counts()
+    # model_a is m2, the higher-sorted candidate: "a" is a hi win, "b" a lo win
+    assert row.games() == ((1, 0, 0), (0, 1, 0), (0, 0, 1))
 
 
 def test_an_id_reused_for_other_content_is_rejected(store: EventStore) -> None:

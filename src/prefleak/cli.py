@@ -104,7 +104,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             try:
                 with open_lines(name) as lines:
                     result = ingestor.ingest_lines(
-                        progress.lines(iter(lines)),
+                        progress.lines(iter(lines)) if progress.enabled else lines,
                         source="stdin" if name == "-" else f"file:{Path(name).resolve()}",
                         on_batch=progress.batch,
                     )

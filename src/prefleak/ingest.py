@@ -69,7 +69,7 @@ class Ingestor:
         received_at = datetime.now(UTC)
         for number, line in enumerate(lines, start=1):
             raw = line.rstrip(b"\r\n")
-            if not raw.strip():
+            if not raw or raw.isspace():
                 continue
             item = read_message(
                 raw,
@@ -82,7 +82,7 @@ class Ingestor:
                 batch.records.append(item)
             else:
                 batch.rejections.append(item)
-            if len(batch) >= self.batch_size:
+            if len(batch.records) + len(batch.rejections) >= self.batch_size:
                 self._flush(batch, total, on_batch)
                 batch = Batch(source=source)
                 received_at = datetime.now(UTC)

@@ -9,7 +9,6 @@ S_i, S_j compared head to head, WR(x, y) is the share of comparisons judge y awa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,30 +45,30 @@ def preference_leakage_score(wr: WinRates) -> float | None:
     return ((wr.ii - avg_i) / avg_i + (wr.jj - avg_j) / avg_j) / 2
 
 
-def combine_games(games: Mapping[int, tuple[int, int, int]]) -> tuple[int, int, int]:
-    """Outcomes of one prompt from its verdicts by game (0 = no game, 1 and 2 = swapped games).
+Outcomes = tuple[int, int, int]
+"""Wins of one candidate, wins of the other, ties."""
+
+
+def combine_games(loose: Outcomes, game_1: Outcomes, game_2: Outcomes) -> Outcomes:
+    """Comparisons of one prompt from its verdicts without a game and in games 1 and 2.
 
     When both position-swapped games are present they form one comparison that a side wins only
     if every game verdict agrees, and otherwise a tie (the Arena-Hard convention). Verdicts that
-    name no game, or a game whose twin is missing, count one comparison each. Returns
-    (lo wins, hi wins, ties) in the projection's canonical candidate order.
+    name no game, or a game whose twin is missing, count one comparison each.
     """
-    lo, hi, ties = games.get(0, (0, 0, 0))
-    game_1, game_2 = games.get(1), games.get(2)
-    if game_1 is not None and game_2 is not None:
-        lo_all = game_1[0] + game_2[0]
-        hi_all = game_1[1] + game_2[1]
-        n_all = sum(game_1) + sum(game_2)
-        if lo_all == n_all:
+    lo, hi, ties = loose
+    if any(game_1) and any(game_2):
+        played = sum(game_1) + sum(game_2)
+        if game_1[0] + game_2[0] == played:
             lo += 1
-        elif hi_all == n_all:
+        elif game_1[1] + game_2[1] == played:
             hi += 1
         else:
             ties += 1
     else:
-        for single in (game_1, game_2):
-            if single is not None:
-                lo, hi, ties = lo + single[0], hi + single[1], ties + single[2]
+        lo += game_1[0] + game_2[0]
+        hi += game_1[1] + game_2[1]
+        ties += game_1[2] + game_2[2]
     return lo, hi, ties
 
 

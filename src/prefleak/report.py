@@ -20,17 +20,17 @@ from prefleak.pls import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_MIN_PROMPTS,
     Counts,
+    Outcomes,
     TiePolicy,
     WinRates,
     combine_games,
     estimate_pls,
     win_rate,
 )
+from prefleak.store import VerdictCounts
 
-CountRow = tuple[str, str, str, str, str, int, int, int, int]
-"""A verdict projection row: benchmark, judge, model_lo, model_hi, prompt, game, lo, hi, ties."""
-
-_PromptGames = dict[str, dict[int, tuple[int, int, int]]]
+_PromptOutcomes = dict[str, Outcomes]
+"""prompt → (lo wins, hi wins, ties) of one judge, both-games rule applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +73,27 @@ class PLSRow:
         return asdict(self)
 
 
-def _group(rows: Iterable[CountRow]) -> dict[tuple[str, str, str], dict[str, _PromptGames]]:
-    """(benchmark, lo, hi) → judge → prompt → game → (lo wins, hi wins, ties)."""
-    grouped: dict[tuple[str, str, str], dict[str, _PromptGames]] = defaultdict(
+def _group(
+    rows: Iterable[VerdictCounts],
+) -> dict[tuple[str, str, str], dict[str, _PromptOutcomes]]:
+    """(benchmark, lo, hi) → judge → prompt → (lo wins, hi wins, ties)."""
+    grouped: dict[tuple[str, str, str], dict[str, _PromptOutcomes]] = defaultdict(
         lambda: defaultdict(dict)
     )
-    for benchmark, judge, lo, hi, prompt, game, lo_wins, hi_wins, ties in rows:
-        grouped[(benchmark, lo, hi)][judge].setdefault(prompt, {})[game] = (lo_wins, hi_wins, ties)
+    for row in rows:
+        grouped[(row.benchmark, row.model_lo, row.model_hi)][row.judge][row.prompt_id] = (
+            combine_games(*row.games())
+        )
     return grouped
 
 
-def _counts(by_prompt: _PromptGames, prompts: list[str], student_i_is_lo: bool) -> Counts:
+def _counts(by_prompt: _PromptOutcomes, prompts: list[str], student_i_is_lo: bool) -> Counts:
     """Per-prompt (S_i wins, S_j wins, ties) of one judge, aligned to ``prompts``."""
     out = np.zeros((len(prompts), 3))
     for row, prompt in enumerate(prompts):
-        games = by_prompt.get(prompt)
-        if games:
-            lo, hi, ties = combine_games(games)
+        outcome = by_prompt.get(prompt)
+        if outcome is not None:
+            lo, hi, ties = outcome
             out[row] = (lo, hi, ties) if student_i_is_lo else (hi, lo, ties)
     return out
 
@@ -117,7 +121,7 @@ def _seed(*parts: str) -> int:
 
 
 def pls_table(
-    rows: Iterable[CountRow],
+    rows: Iterable[VerdictCounts],
     lineage: Lineage,
     *,
     ties: TiePolicy = "loss",
@@ -170,7 +174,7 @@ def pls_table(
 
 
 def _human_bias(
-    by_judge: dict[str, _PromptGames],
+    by_judge: dict[str, _PromptOutcomes],
     humans: list[str],
     student_i_is_lo: bool,
     rates: WinRates | None,

@@ -11,10 +11,11 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from prefleak.models.events import (
     Event,
@@ -67,25 +68,65 @@ CREATE TABLE IF NOT EXISTS verdict_counts (
     model_lo TEXT NOT NULL,
     model_hi TEXT NOT NULL,
     prompt_id TEXT NOT NULL,
-    game INTEGER NOT NULL,
     lo_wins INTEGER NOT NULL,
     hi_wins INTEGER NOT NULL,
     ties INTEGER NOT NULL,
-    PRIMARY KEY (benchmark, judge, model_lo, model_hi, prompt_id, game)
+    game1_lo_wins INTEGER NOT NULL,
+    game1_hi_wins INTEGER NOT NULL,
+    game1_ties INTEGER NOT NULL,
+    game2_lo_wins INTEGER NOT NULL,
+    game2_hi_wins INTEGER NOT NULL,
+    game2_ties INTEGER NOT NULL,
+    PRIMARY KEY (benchmark, judge, model_lo, model_hi, prompt_id)
 ) WITHOUT ROWID
 """
 PROJECTION_TABLES = ("verdict_counts",)
 
-_UPSERT_COUNTS = """
-INSERT INTO verdict_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (benchmark, judge, model_lo, model_hi, prompt_id, game) DO UPDATE SET
-    lo_wins = lo_wins + excluded.lo_wins,
-    hi_wins = hi_wins + excluded.hi_wins,
-    ties = ties + excluded.ties
-"""
+_COUNT_COLUMNS = (
+    "lo_wins", "hi_wins", "ties",
+    "game1_lo_wins", "game1_hi_wins", "game1_ties",
+    "game2_lo_wins", "game2_hi_wins", "game2_ties",
+)  # fmt: skip
+_UPSERT_COUNTS = (
+    f"INSERT INTO verdict_counts VALUES ({', '.join('?' * 14)})"
+    " ON CONFLICT (benchmark, judge, model_lo, model_hi, prompt_id) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNT_COLUMNS)
+)
 
-CountKey = tuple[str, str, str, str, str, int]
-"""benchmark, judge, model_lo, model_hi, prompt_id, game (0 when the verdict names no game)."""
+
+class VerdictCounts(NamedTuple):
+    """One projection row: how one judge ruled on one candidate pair on one prompt.
+
+    Candidates are in canonical order (``model_lo < model_hi``) so both orders of a comparison
+    land on one row. Verdicts that name no game are counted in the first three columns; the two
+    position-swapped games in their own, so the both-games rule can be applied when reading.
+    """
+
+    benchmark: str
+    judge: str
+    model_lo: str
+    model_hi: str
+    prompt_id: str
+    lo_wins: int
+    hi_wins: int
+    ties: int
+    game1_lo_wins: int
+    game1_hi_wins: int
+    game1_ties: int
+    game2_lo_wins: int
+    game2_hi_wins: int
+    game2_ties: int
+
+    def games(self) -> tuple[Outcomes, Outcomes, Outcomes]:
+        """(lo wins, hi wins, ties) without a game, in game 1 and in game 2."""
+        return self[5:8], self[8:11], self[11:14]
+
+
+Outcomes = tuple[int, int, int]
+"""Lower-sorted candidate's wins, higher-sorted candidate's wins, ties."""
+
+CountKey = tuple[str, str, str, str, str]
+"""benchmark, judge, model_lo, model_hi, prompt_id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,32 +182,23 @@ class StoredRejection:
     raw_size: int
 
 
-def count_key(verdict: VerdictEvent) -> tuple[CountKey, tuple[int, int, int]]:
-    """Projection key and deltas (lo wins, hi wins, ties) of one verdict.
-
-    Candidates are stored in a canonical order (``model_lo < model_hi``) so both orders of one
-    comparison land on the same row.
-    """
+def count_key(verdict: VerdictEvent) -> tuple[CountKey, int]:
+    """Projection key of one verdict and which of the nine count columns it adds one to."""
     a_is_lo = verdict.model_a < verdict.model_b
     lo, hi = (verdict.model_a, verdict.model_b) if a_is_lo else (verdict.model_b, verdict.model_a)
-    key = (verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id, verdict.game or 0)
-    if verdict.winner == "tie":
-        return key, (0, 0, 1)
-    lo_won = (verdict.winner == "a") == a_is_lo
-    return key, ((1, 0, 0) if lo_won else (0, 1, 0))
+    outcome = 2 if verdict.winner == "tie" else 0 if (verdict.winner == "a") == a_is_lo else 1
+    column = 3 * (verdict.game or 0) + outcome
+    return (verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id), column
 
 
-def _project(events: Iterable[Event]) -> list[tuple[str, str, str, str, str, int, int, int, int]]:
-    """Aggregate a batch's verdict deltas so each projection row is written once."""
-    sums: dict[CountKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+def _project(events: Iterable[Event]) -> list[tuple[str | int, ...]]:
+    """Aggregate a batch's verdicts so each projection row is written once."""
+    sums: dict[CountKey, list[int]] = defaultdict(lambda: [0] * 9)
     for event in events:
         if isinstance(event, VerdictEvent):
-            key, (lo, hi, tie) = count_key(event)
-            row = sums[key]
-            row[0] += lo
-            row[1] += hi
-            row[2] += tie
-    return [(*key, counts[0], counts[1], counts[2]) for key, counts in sums.items()]
+            key, column = count_key(event)
+            sums[key][column] += 1
+    return [(*key, *counts) for key, counts in sums.items()]
 
 
 def _restore(body: bytes, event_id: str, ts: float) -> Event:
@@ -214,20 +246,7 @@ class EventStore:
         result = AppendResult()
         now = time.time()
         with self._transaction():
-            fresh, conflicts = self._split_known(batch.records, batch.source, result)
-            self._db.executemany(
-                "INSERT INTO events (id, type, ts, source, body) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.event.id,
-                        r.event.type,
-                        r.event.ts.timestamp() if r.event.ts else now,
-                        batch.source,
-                        r.body,
-                    )
-                    for r in fresh
-                ],
-            )
+            fresh, conflicts = self._insert_new(batch, now, result)
             self._db.executemany(_UPSERT_COUNTS, _project(r.event for r in fresh))
             rejections = [*batch.rejections, *conflicts]
             self._db.executemany(
@@ -248,11 +267,73 @@ class EventStore:
         result.errors = rejections
         return result
 
-    def _split_known(
-        self, records: Sequence[Record], source: str, result: AppendResult
+    def _insert_new(
+        self, batch: Batch, now: float, result: AppendResult
     ) -> tuple[list[Record], list[Rejection]]:
-        """New records, and rejections for ids already used by other content."""
-        ids = [r.event.id for r in records]
+        """Insert the batch's new events; returns them and rejections for reused ids.
+
+        Optimistic: nearly every batch holds only new ids, so all are inserted at once and only
+        when SQLite ignored some (ids already stored) is the batch redone the careful way.
+        """
+        first: dict[str, Record] = {}
+        repeats: list[Record] = []
+        for record in batch.records:
+            event_id = record.event.id
+            assert event_id is not None
+            if event_id in first:
+                repeats.append(record)
+            else:
+                first[event_id] = record
+        self._db.execute("SAVEPOINT optimistic")
+        if self._insert(first.values(), batch.source, now) == len(first):
+            self._db.execute("RELEASE optimistic")
+            stored = {event_id: record.body for event_id, record in first.items()}
+            fresh = list(first.values())
+        else:
+            self._db.execute("ROLLBACK TO optimistic")
+            self._db.execute("RELEASE optimistic")
+            stored = self._stored_bodies(list(first))
+            fresh = [record for event_id, record in first.items() if event_id not in stored]
+            repeats = [record for event_id, record in first.items() if event_id in stored] + repeats
+            self._insert(fresh, batch.source, now)
+            stored.update((r.event.id, r.body) for r in fresh if r.event.id is not None)
+        conflicts: list[Rejection] = []
+        for record in repeats:
+            assert record.event.id is not None
+            known = stored[record.event.id]
+            if known == record.body or same_content(validate(known), validate(record.body)):
+                result.duplicate += 1
+            else:
+                conflicts.append(
+                    Rejection(
+                        source=batch.source,
+                        location=record.location or f"id {record.event.id}",
+                        raw=record.body,
+                        error=f"id conflict: event {record.event.id!r} is already stored with "
+                        "other content; give the new event its own id",
+                    )
+                )
+        return fresh, conflicts
+
+    def _insert(self, records: Iterable[Record], source: str, now: float) -> int:
+        """INSERT OR IGNORE events; returns how many rows were really inserted."""
+        before = self._db.total_changes
+        self._db.executemany(
+            "INSERT OR IGNORE INTO events (id, type, ts, source, body) VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    r.event.id,
+                    r.event.type,
+                    r.event.ts.timestamp() if r.event.ts else now,
+                    source,
+                    r.body,
+                )
+                for r in records
+            ],
+        )
+        return self._db.total_changes - before
+
+    def _stored_bodies(self, ids: list[str]) -> dict[str, bytes]:
         stored: dict[str, bytes] = {}
         for start in range(0, len(ids), _ID_CHUNK):
             chunk = ids[start : start + _ID_CHUNK]
@@ -260,28 +341,7 @@ class EventStore:
             stored.update(
                 self._db.execute(f"SELECT id, body FROM events WHERE id IN ({marks})", chunk)
             )
-        fresh: list[Record] = []
-        conflicts: list[Rejection] = []
-        for record in records:
-            event_id = record.event.id
-            assert event_id is not None
-            known = stored.get(event_id)
-            if known is None:
-                stored[event_id] = record.body
-                fresh.append(record)
-            elif known == record.body or same_content(validate(known), validate(record.body)):
-                result.duplicate += 1
-            else:
-                conflicts.append(
-                    Rejection(
-                        source=source,
-                        location=record.location or f"id {event_id}",
-                        raw=record.body,
-                        error=f"id conflict: event {event_id!r} is already stored with other "
-                        "content; give the new event its own id",
-                    )
-                )
-        return fresh, conflicts
+        return stored
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
@@ -313,19 +373,19 @@ class EventStore:
         for body, event_id, ts in self._db.execute(sql + " ORDER BY seq", wanted):
             yield _restore(body, event_id, ts)
 
-    def verdict_counts(
-        self, benchmark: str | None = None
-    ) -> list[tuple[str, str, str, str, str, int, int, int, int]]:
+    def verdict_counts(self, benchmark: str | None = None) -> list[VerdictCounts]:
         """Rows of the verdict projection, optionally of one benchmark."""
         sql = "SELECT * FROM verdict_counts"
         if benchmark is None:
-            return self._db.execute(sql).fetchall()
-        return self._db.execute(sql + " WHERE benchmark = ?", (benchmark,)).fetchall()
+            cursor = self._db.execute(sql)
+        else:
+            cursor = self._db.execute(sql + " WHERE benchmark = ?", (benchmark,))
+        return [VerdictCounts._make(row) for row in cursor]
 
     def projection_dump(self) -> dict[str, list[tuple[object, ...]]]:
         """Every projection table in key order, for comparing a rebuild with the live state."""
         return {
-            table: self._db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5, 6").fetchall()
+            table: self._db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5").fetchall()
             for table in PROJECTION_TABLES
         }
 
