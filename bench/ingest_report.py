@@ -105,9 +105,8 @@ def main() -> int:
         )
     small, large = results
     growth = large["report_peak_mib"] - small["report_peak_mib"]
-    print(
-        f"report peak memory growth {small['verdicts']:,} -> {large['verdicts']:,}: {growth:+.0f} MiB"
-    )
+    sizes = f"{small['verdicts']:,} -> {large['verdicts']:,}"
+    print(f"report peak memory growth {sizes}: {growth:+.0f} MiB")
     return 0
 
 

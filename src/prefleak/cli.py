@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from prefleak import __version__
 from prefleak.config import default_db
+from prefleak.daemon.commands import register as register_daemon
 from prefleak.ingest import Ingestor, open_lines
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--leakage", type=float, default=1.0, help="scale of injected leakage")
     sim.add_argument("--rounds", type=int, default=1, help="times the prompt set is re-judged")
     sim.add_argument("--texts", action="store_true", help="include prompt and response texts")
+
+    register_daemon(commands)
     return parser
 
 

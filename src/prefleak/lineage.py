@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from prefleak.models.events import DatasetEvent, ModelEvent, TrainingEvent, VerdictEvent
+from prefleak.models.events import DatasetEvent, Event, ModelEvent, TrainingEvent
 from prefleak.models.events import is_human as _is_human_id
 
-LineageEvent = ModelEvent | DatasetEvent | TrainingEvent | VerdictEvent
-"""What :meth:`Lineage.update` accepts; verdicts carry no lineage and are ignored."""
+LineageEvent = Event
+"""What :meth:`Lineage.update` accepts; events other than provenance are ignored."""
 
 _SHARE_DIGITS = 12
 """Shares are rounded so that sums such as 0.1 + 0.2 compare equal to 0.3."""

@@ -1,13 +1,243 @@
-"""prefleak's one settings object: defaults, then a YAML file, then ``PREFLEAK_*`` variables."""
+"""prefleak's one settings object: defaults, then a YAML file, then ``PREFLEAK_*`` variables.
+
+Command-line flags come last and win. Every key is documented in docs/configuration.md, and
+config/prefleak.example.yaml shows them all with their defaults.
+"""
 
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TiePolicy
 
 DEFAULT_DB = "prefleak.db"
+ENV_PREFIX = "PREFLEAK_"
+MASK = "***"
+SECRET_MARKERS = ("password", "secret", "token", "key")
+"""A client option whose name contains one of these is a secret: ``config show`` masks it."""
 
 
 def default_db() -> Path:
     """The database a command uses when given no ``--db``: ``$PREFLEAK_DB``, else ./prefleak.db."""
     return Path(os.environ.get("PREFLEAK_DB") or DEFAULT_DB)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file or the field to fix."""
+
+
+def _split_list(value: Any) -> Any:
+    """Lets an environment variable or flag give a list as ``a,b,c`` as well as JSON."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return yaml.safe_load(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+NameList = Annotated[list[str], NoDecode]
+"""A list that an environment variable may give comma-separated."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Section):
+    """The one HTTP port: event intake, metrics, health and the JSON API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+
+
+class KafkaSettings(_Section):
+    """Kafka intake; an empty ``bootstrap_servers`` turns it off."""
+
+    bootstrap_servers: NameList = Field(default_factory=list)
+    verdict_topics: NameList = Field(default_factory=lambda: ["prefleak.verdicts"])
+    provenance_topics: NameList = Field(default_factory=lambda: ["prefleak.provenance"])
+    group_id: str = Field(default="prefleak", min_length=1)
+    dead_letter_topic: str | None = None
+    max_poll_records: int = Field(default=5000, gt=0)
+    client_options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the Kafka client as is: TLS files, SASL mechanism and credentials."""
+
+    @field_validator("bootstrap_servers", "verdict_topics", "provenance_topics", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bootstrap_servers)
+
+
+class WatchSettings(_Section):
+    """A directory whose new ``.jsonl``/``.jsonl.gz`` files are ingested once each."""
+
+    directory: Path | None = None
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    settle_s: float = Field(default=10.0, ge=0)
+    """A last line without newline is taken once the file has been unchanged this long."""
+
+
+class RecomputeSettings(_Section):
+    """The periodic recompute of the PLS table and the store-derived metrics."""
+
+    interval_s: float = Field(default=30.0, gt=0)
+
+
+class PLSSettings(_Section):
+    """How the PLS table is computed (as in ``prefleak report``)."""
+
+    ties: TiePolicy = "loss"
+    bootstrap: int = Field(default=DEFAULT_BOOTSTRAP, ge=0)
+    min_prompts: int = Field(default=DEFAULT_MIN_PROMPTS, ge=1)
+
+
+class MetricsSettings(_Section):
+    """Bounds on label values, so the number of series never grows with the data alone."""
+
+    judges: NameList = Field(default_factory=list)
+    candidates: NameList = Field(default_factory=list)
+    benchmarks: NameList = Field(default_factory=list)
+    top_pairs: int = Field(default=50, ge=0)
+    """(benchmark, judge, candidate) triples with the most comparisons keep their own labels."""
+    max_pls_series: int = Field(default=500, ge=0)
+    """PLS rows exported as series, the highest lower CI bound first."""
+
+    @field_validator("judges", "candidates", "benchmarks", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+
+_FILE_LAYER: ContextVar[dict[str, Any]] = ContextVar("_FILE_LAYER")
+"""The YAML file's values for the :class:`Settings` being built (a layer below the env vars)."""
+
+
+class Settings(BaseSettings):
+    """Everything ``prefleak serve`` can be told; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    db: Path = Path(DEFAULT_DB)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_message_bytes: int = Field(default=1024 * 1024, gt=0)
+    http: HttpSettings = HttpSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    watch: WatchSettings = WatchSettings()
+    recompute: RecomputeSettings = RecomputeSettings()
+    pls: PLSSettings = PLSSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init values) over env vars over the YAML file over defaults."""
+        return (
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, _FILE_LAYER.get({})),
+        )
+
+    def shown(self) -> dict[str, Any]:
+        """The settings as plain data with secrets masked, for ``config show`` and logs."""
+        data = self.model_dump(mode="json")
+        data["kafka"]["client_options"] = _mask(data["kafka"]["client_options"])
+        return data
+
+
+def _mask(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: MASK
+        if any(marker in key.lower() for marker in SECRET_MARKERS)
+        else _mask(value)
+        if isinstance(value, dict)
+        else value
+        for key, value in options.items()
+    }
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML file as a mapping; an empty file is an empty mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read config file {path}: {reason}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {path} is not valid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, not {type(data).__name__}"
+        )
+    return data
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Defaults < ``config_file`` < ``PREFLEAK_*`` env vars < ``overrides`` (the CLI flags)."""
+    layer = read_config_file(config_file) if config_file is not None else {}
+    token = _FILE_LAYER.set(layer)
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    finally:
+        _FILE_LAYER.reset(token)
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per bad field, named as in the YAML file (``http.port``) and its env var."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(p) for p in item["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in item["loc"][:2]).upper()
+        message = (
+            "unknown key"
+            if item["type"] == "extra_forbidden"
+            else item["msg"].removeprefix("Value error, ")
+        )
+        secret = any(m in field.lower() for m in SECRET_MARKERS) or "client_options" in field
+        given = "" if secret or item["type"] == "missing" else f" (got {item['input']!r})"
+        parts.append(f"{field}: {message}{given} [env {env}]")
+    return "invalid configuration: " + "; ".join(parts)

@@ -61,6 +61,8 @@ class DatasetEvent(_Event):
     dataset: Id
     generator: Id | None
     size: Annotated[int, Field(ge=0)] | None = None
+    role: Literal["training", "eval", "production"] = "training"
+    """What the data is for: training data, an eval set, or a sample of real user traffic."""
 
 
 class DatasetShare(BaseModel):
@@ -127,11 +129,23 @@ class VerdictEvent(_Event):
         return self
 
 
+class SampleEvent(_Event):
+    """One item of a dataset (or one answer of a candidate), kept for diversity measures."""
+
+    type: Literal["sample"]
+    dataset: Id
+    text: Annotated[str, Field(min_length=1)]
+    prompt: str | None = None
+    label: Annotated[str, Field(max_length=256)] | None = None
+    model: Id | None = None
+    """The model that wrote ``text``, when it is a candidate's answer rather than a dataset item."""
+
+
 Event = Annotated[
-    ModelEvent | DatasetEvent | TrainingEvent | VerdictEvent,
+    ModelEvent | DatasetEvent | TrainingEvent | VerdictEvent | SampleEvent,
     Field(discriminator="type"),
 ]
-EVENT_TYPES: tuple[str, ...] = ("model", "dataset", "training", "verdict")
+EVENT_TYPES: tuple[str, ...] = ("model", "dataset", "training", "verdict", "sample")
 PROVENANCE_TYPES: frozenset[str] = frozenset({"model", "dataset", "training"})
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

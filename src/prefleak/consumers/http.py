@@ -1,0 +1,97 @@
+"""Events posted over HTTP: one JSON object, a JSON array of objects, or NDJSON.
+
+Every message still goes through :func:`prefleak.ingest.read_message` and one
+:meth:`EventStore.append`, so an HTTP event is validated, deduplicated and dead-lettered exactly
+like one from a file or Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from prefleak.ingest import Ingestor, read_message
+from prefleak.models.events import Record
+from prefleak.store import AppendResult, Batch, EventStore, Rejection
+
+SOURCE = "http"
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
+MAX_ERRORS_SHOWN = 100
+"""Rejections listed in one answer; the rest are counted and kept in the dead-letter table."""
+
+
+@dataclass(slots=True)
+class BodyResult:
+    """What one POST did: ``not_json`` when nothing in the body was JSON (answered with 400)."""
+
+    result: AppendResult
+    not_json: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        errors = self.result.errors
+        answer: dict[str, object] = {
+            "accepted": self.result.accepted,
+            "duplicate": self.result.duplicate,
+            "rejected": self.result.rejected,
+            "errors": [{"location": e.location, "error": e.error} for e in errors][
+                :MAX_ERRORS_SHOWN
+            ],
+        }
+        if len(errors) > MAX_ERRORS_SHOWN:
+            answer["errors_omitted"] = len(errors) - MAX_ERRORS_SHOWN
+        return answer
+
+
+def _json_error(raw: bytes) -> str | None:
+    """Why ``raw`` is not one JSON value, or None when it is."""
+    try:
+        json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return str(exc)
+    return None
+
+
+def ingest_body(
+    store: EventStore, body: bytes, content_type: str, *, max_message_bytes: int
+) -> BodyResult:
+    """Validate and store a request body; the format comes from Content-Type or the body itself."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    ingestor = Ingestor(store, max_message_bytes=max_message_bytes)
+    if media_type in NDJSON_TYPES:
+        return BodyResult(ingestor.ingest_lines(body.splitlines(), source=SOURCE))
+    stripped = body.lstrip()
+    whole_error = _json_error(body)
+    if whole_error is None and stripped.startswith(b"["):
+        return BodyResult(_ingest_array(store, body, max_message_bytes))
+    if whole_error is None:
+        return BodyResult(_append(store, [_read(body, "item 1", max_message_bytes)]))
+    lines = body.splitlines()
+    filled = [line for line in lines if line.strip()]
+    if len(filled) > 1 and any(_json_error(line) is None for line in filled):
+        return BodyResult(ingestor.ingest_lines(lines, source=SOURCE))
+    rejection = Rejection(SOURCE, "body", body, f"body is not JSON: {whole_error}")
+    return BodyResult(_append(store, [rejection]), not_json=True)
+
+
+def _read(raw: bytes, location: str, max_bytes: int) -> Record | Rejection:
+    return read_message(raw, source=SOURCE, location=location, max_bytes=max_bytes)
+
+
+def _ingest_array(store: EventStore, body: bytes, max_bytes: int) -> AppendResult:
+    """Each element is re-encoded and read as one message, located as ``item N`` (1-based)."""
+    items = json.loads(body)
+    messages = [
+        _read(json.dumps(item, ensure_ascii=False).encode(), f"item {n}", max_bytes)
+        for n, item in enumerate(items, start=1)
+    ]
+    return _append(store, messages)
+
+
+def _append(store: EventStore, messages: list[Record | Rejection]) -> AppendResult:
+    batch = Batch(source=SOURCE)
+    for message in messages:
+        if isinstance(message, Record):
+            batch.records.append(message)
+        else:
+            batch.rejections.append(message)
+    return store.append(batch)

@@ -1,0 +1,154 @@
+"""The service's one HTTP port: event intake, Prometheus metrics, health and the JSON API.
+
+The stdlib server is enough: requests are few (scrapes, probes, batches of events), each one is
+handled on its own thread, and every write goes through the store's lock anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol, cast
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from prefleak import __version__
+from prefleak.consumers.http import BodyResult
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 5.0
+"""A client silent this long is dropped, so shutdown never waits on an idle connection."""
+
+
+class Api(Protocol):
+    """What the handler needs from the service."""
+
+    registry: CollectorRegistry
+    max_body_bytes: int
+
+    def ingest(self, body: bytes, content_type: str) -> BodyResult: ...
+
+    def readiness(self) -> list[str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def pls(self) -> dict[str, Any] | None: ...
+
+
+class Server(ThreadingHTTPServer):
+    """Joins request threads on close, so a POST in flight commits before the process exits."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], api: Api) -> None:
+        super().__init__(address, _Handler)
+        self.api = api
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = REQUEST_TIMEOUT_S
+    server_version = f"prefleak/{__version__}"
+
+    @property
+    def api(self) -> Api:
+        return cast(Server, self.server).api
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._send(HTTPStatus.OK, encoder(self.api.registry), content_type)
+        elif path == "/healthz":
+            self._json(HTTPStatus.OK, {"alive": True})
+        elif path == "/readyz":
+            reasons = self.api.readiness()
+            status = HTTPStatus.SERVICE_UNAVAILABLE if reasons else HTTPStatus.OK
+            self._json(status, {"ready": not reasons, "reasons": reasons})
+        elif path == "/v1/status":
+            self._json(HTTPStatus.OK, self.api.status())
+        elif path == "/v1/pls":
+            table = self.api.pls()
+            if table is None:
+                self._json(
+                    HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the first recompute is not done yet"}
+                )
+            else:
+                self._json(HTTPStatus.OK, table)
+        elif path == "/v1/events":
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"}, allow="POST")
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path != "/v1/events":
+            if path in ("/metrics", "/healthz", "/readyz", "/v1/status", "/v1/pls"):
+                self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use GET"}, allow="GET")
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
+            return
+        body = self._body()
+        if body is None:
+            return
+        outcome = self.api.ingest(body, self.headers.get("Content-Type", ""))
+        status = HTTPStatus.BAD_REQUEST if outcome.not_json else HTTPStatus.OK
+        self._json(status, outcome.to_json())
+
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering why it is not taken."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send a Content-Length"})
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send a Content-Length"})
+            return None
+        limit = self.api.max_body_bytes
+        if length > limit:
+            if length <= 2 * limit:  # read it, so the client sees the answer and not a reset
+                self._discard(length)
+            self.close_connection = True
+            self._json(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                {"error": f"body of {length} bytes exceeds the limit of {limit} bytes"},
+            )
+            return None
+        body = self.rfile.read(length) if length > 0 else b""
+        if not body.strip():
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "empty body"})
+            return None
+        return body
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                return
+            length -= len(chunk)
+
+    def _json(self, status: HTTPStatus, payload: dict[str, Any], **headers: str) -> None:
+        body = json.dumps(payload, indent=None, separators=(",", ":")).encode()
+        self._send(status, body, "application/json", **headers)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.capitalize(), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)

@@ -1,0 +1,314 @@
+"""Prometheus metrics: counters the sources bump, and a collector over the last recompute.
+
+Every metric is documented in docs/metrics.md; alert rules are written against these names, so a
+rename is a breaking change. Store-derived values come from the last recompute, never from a
+query at scrape time, so a scrape costs nothing however large the store grows.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from prefleak import __version__
+from prefleak.config import MetricsSettings
+from prefleak.lineage import Lineage
+from prefleak.report import PLSRow
+from prefleak.store import AppendResult, VerdictCounts
+
+OTHER = "other"
+"""The label value that stands for every judge, candidate or benchmark not named on its own."""
+
+OUTCOMES = ("accepted", "duplicate", "rejected")
+PLS_LABELS = (
+    "benchmark",
+    "judge_i",
+    "judge_j",
+    "student_i",
+    "student_j",
+    "relation_i",
+    "relation_j",
+)
+VERDICT_LABELS = ("benchmark", "judge", "candidate", "relation")
+RECOMPUTE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+Triple = tuple[str, str, str]
+"""benchmark, judge, candidate."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictSeries:
+    """Verdicts of one (bounded) label set: wins of the candidate and comparisons it was in."""
+
+    benchmark: str
+    judge: str
+    candidate: str
+    relation: str
+    wins: int
+    comparisons: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one recompute found; the collector and the JSON API serve the latest one."""
+
+    finished_at: float
+    duration_s: float
+    pls: tuple[PLSRow, ...]
+    verdicts: tuple[VerdictSeries, ...]
+    events: dict[str, int]
+    dead_letters: int
+    newest_event_ts: float | None
+
+
+def verdict_series(
+    rows: Iterable[VerdictCounts],
+    lineage: Lineage,
+    bounds: MetricsSettings,
+    named: frozenset[Triple] = frozenset(),
+) -> tuple[list[VerdictSeries], frozenset[Triple]]:
+    """Win and comparison counts per judge and candidate, with label values bounded by ``bounds``.
+
+    A (benchmark, judge, candidate) triple keeps its own labels when it is among the
+    ``top_pairs`` with most comparisons; ``named`` are the triples chosen before, which stay
+    named so that counters do not move between series. Every other triple is counted under its
+    allow-listed names, with :data:`OTHER` for the rest; ``relation`` (one of five kinds) is
+    always kept. Returns the series and the triples now named.
+    """
+    totals: dict[Triple, list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        lo_wins, hi_wins, ties = (sum(column) for column in zip(*row.games(), strict=True))
+        comparisons = lo_wins + hi_wins + ties
+        for candidate, wins in ((row.model_lo, lo_wins), (row.model_hi, hi_wins)):
+            total = totals[(row.benchmark, row.judge, candidate)]
+            total[0] += wins
+            total[1] += comparisons
+    keep = {triple for triple in named if triple in totals}
+    for triple in sorted(totals, key=lambda t: (-totals[t][1], t)):
+        if len(keep) >= bounds.top_pairs:
+            break
+        keep.add(triple)
+    benchmarks = set(bounds.benchmarks) | {triple[0] for triple in keep}
+    judges, candidates = set(bounds.judges), set(bounds.candidates)
+    series: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for (benchmark, judge, candidate), (wins, comparisons) in totals.items():
+        relation = lineage.relation(judge, candidate).kind.value
+        if (benchmark, judge, candidate) not in keep:
+            benchmark = benchmark if benchmark in benchmarks else OTHER
+            judge = judge if judge in judges else OTHER
+            candidate = candidate if candidate in candidates else OTHER
+        total = series[(benchmark, judge, candidate, relation)]
+        total[0] += wins
+        total[1] += comparisons
+    return (
+        [VerdictSeries(*labels, wins, n) for labels, (wins, n) in sorted(series.items())],
+        frozenset(keep),
+    )
+
+
+def exported_pls(rows: Iterable[PLSRow], limit: int) -> list[PLSRow]:
+    """The PLS rows exported as series: defined scores first, the highest lower bound first."""
+
+    def alarm(row: PLSRow) -> tuple[bool, float]:
+        low = row.ci_low if row.ci_low is not None else row.pls
+        return (row.pls is None, -(low if low is not None else -math.inf))
+
+    return sorted(rows, key=alarm)[:limit]
+
+
+class ServiceView(Protocol):
+    """What the collector reads from the running service at scrape time."""
+
+    def snapshot(self) -> Snapshot | None: ...
+
+    def sources_up(self) -> dict[str, bool]: ...
+
+    def consumer_lag(self) -> dict[tuple[str, int], int]: ...
+
+
+class Metrics:
+    """The service's registry: instrumented counters plus :class:`_StoreCollector`."""
+
+    def __init__(self, view: ServiceView, bounds: MetricsSettings, sources: Iterable[str]) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        self._totals: dict[str, dict[str, int]] = {}
+        self._last_ingest: float | None = None
+        self.ingested = Counter(
+            "prefleak_events_ingested",
+            "Messages ingested by this process, by source and outcome (accepted: new event "
+            "stored; duplicate: already stored; rejected: dead-lettered).",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.recompute_duration = Histogram(
+            "prefleak_recompute_duration_seconds",
+            "Wall time of one recompute of the PLS table and store aggregates.",
+            buckets=RECOMPUTE_BUCKETS,
+            registry=self.registry,
+        )
+        self.recompute_errors = Counter(
+            "prefleak_recompute_errors",
+            "Recomputes that failed; the previous results stay exported.",
+            registry=self.registry,
+        )
+        Gauge(
+            "prefleak_build_info",
+            "Always 1; the version label says which prefleak is running.",
+            ["version"],
+            registry=self.registry,
+        ).labels(__version__).set(1)
+        for source in sources:
+            self._totals[source] = dict.fromkeys(OUTCOMES, 0)
+            for outcome in OUTCOMES:
+                self.ingested.labels(source, outcome)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_StoreCollector(view, bounds, self.last_ingest))
+
+    def record(self, source: str, result: AppendResult) -> None:
+        """Count one append's outcomes (called by every source after each batch)."""
+        counts = {
+            "accepted": result.accepted,
+            "duplicate": result.duplicate,
+            "rejected": result.rejected,
+        }
+        with self._lock:
+            totals = self._totals.setdefault(source, dict.fromkeys(OUTCOMES, 0))
+            for outcome, count in counts.items():
+                totals[outcome] += count
+            if result.accepted:
+                self._last_ingest = time.time()
+        for outcome, count in counts.items():
+            if count:
+                self.ingested.labels(source, outcome).inc(count)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Messages ingested by this process per source and outcome, for ``/v1/status``."""
+        with self._lock:
+            return {source: dict(counts) for source, counts in self._totals.items()}
+
+    def last_ingest(self) -> float | None:
+        """Wall time this process last stored a new event, or None if it has not yet."""
+        with self._lock:
+            return self._last_ingest
+
+
+class _StoreCollector(Collector):
+    """Exports the last recompute and the sources' live state; absent values stay absent."""
+
+    def __init__(
+        self, view: ServiceView, bounds: MetricsSettings, last_ingest: Callable[[], float | None]
+    ) -> None:
+        self._view = view
+        self._bounds = bounds
+        self._last_ingest = last_ingest
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._live()
+        snapshot = self._view.snapshot()
+        if snapshot is None:
+            return
+        yield _gauge(
+            "prefleak_last_recompute_timestamp_seconds",
+            "Unix time the last successful recompute finished.",
+            snapshot.finished_at,
+        )
+        yield _gauge(
+            "prefleak_dead_letters",
+            "Rows in the dead-letter (rejected) table, as of the last recompute.",
+            snapshot.dead_letters,
+        )
+        if snapshot.newest_event_ts is not None:
+            yield _gauge(
+                "prefleak_last_event_timestamp_seconds",
+                "Event time (ts) of the newest stored event, as of the last recompute.",
+                snapshot.newest_event_ts,
+            )
+        yield from _pls_families(exported_pls(snapshot.pls, self._bounds.max_pls_series))
+        yield from _verdict_families(snapshot.verdicts)
+
+    def _live(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "prefleak_source_up", "1 while the source can take events, else 0.", labels=["source"]
+        )
+        for source, is_up in sorted(self._view.sources_up().items()):
+            up.add_metric([source], 1.0 if is_up else 0.0)
+        yield up
+        lag = GaugeMetricFamily(
+            "prefleak_consumer_lag_messages",
+            "Kafka messages not yet consumed per topic partition (log end minus committed).",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), behind in sorted(self._view.consumer_lag().items()):
+            lag.add_metric([topic, str(partition)], float(behind))
+        yield lag
+        last_ingest = self._last_ingest()
+        if last_ingest is not None:
+            yield _gauge(
+                "prefleak_last_ingest_timestamp_seconds",
+                "Unix time this process last stored a new event (absent until it has).",
+                last_ingest,
+            )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+_PLS_GAUGES = (
+    ("prefleak_pls_ratio", "Preference Leakage Score of a judge pair and student pair, as a "
+     "fraction (0.18 = 18 %); absent while undefined.", "pls"),
+    ("prefleak_pls_ci_low_ratio", "Lower bound of the 95 % bootstrap interval of the PLS.",
+     "ci_low"),
+    ("prefleak_pls_ci_high_ratio", "Upper bound of the 95 % bootstrap interval of the PLS.",
+     "ci_high"),
+    ("prefleak_pls_prompts", "Prompts behind a PLS row (the PLS is undefined below the "
+     "configured minimum).", "n_prompts"),
+)  # fmt: skip
+
+
+def _pls_families(rows: list[PLSRow]) -> Iterator[GaugeMetricFamily]:
+    for name, documentation, attribute in _PLS_GAUGES:
+        family = GaugeMetricFamily(name, documentation, labels=list(PLS_LABELS))
+        for row in rows:
+            value = getattr(row, attribute)
+            if value is not None:
+                family.add_metric([getattr(row, label) for label in PLS_LABELS], float(value))
+        yield family
+
+
+def _verdict_families(verdicts: Iterable[VerdictSeries]) -> Iterator[CounterMetricFamily]:
+    wins = CounterMetricFamily(
+        "prefleak_verdict_wins",
+        "Verdicts in which the judge preferred the candidate (ties are not wins).",
+        labels=list(VERDICT_LABELS),
+    )
+    comparisons = CounterMetricFamily(
+        "prefleak_verdict_comparisons",
+        "Verdicts of the judge on a pair that included the candidate (ties included).",
+        labels=list(VERDICT_LABELS),
+    )
+    for series in verdicts:
+        labels = [series.benchmark, series.judge, series.candidate, series.relation]
+        wins.add_metric(labels, series.wins)
+        comparisons.add_metric(labels, series.comparisons)
+    yield wins
+    yield comparisons
