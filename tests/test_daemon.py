@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -32,11 +31,9 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import parse_object
 from prefleak.report import PLSRow
 from prefleak.store import VerdictCounts
+from services import require_binary
 
 SRC = Path(__file__).parents[1] / "src"
-PROMTOOL = shutil.which("promtool") or (
-    "/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None
-)
 
 RUNNER = """\
 import argparse, sys
@@ -359,13 +356,12 @@ def test_verdict_counters_split_related_from_unrelated(leaking: Daemon) -> None:
     assert leaking.value(comparisons, **foreign) == PROMPTS
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 def test_promtool_accepts_the_exposition(leaking: Daemon) -> None:
-    assert PROMTOOL is not None
+    promtool = require_binary("promtool", "apt-get install prometheus")
     text = leaking.metrics_text()
     assert "prefleak_pls_ratio{" in text
     checked = subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
