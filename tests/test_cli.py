@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from prefleak.cli import main
+from prefleak.cli import _Progress, main
+from prefleak.store import AppendResult
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -159,3 +161,45 @@ def test_errors_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as usage:
         main(["report", "--ties", "sometimes"])
     assert usage.value.code == 2
+
+
+def test_provenance_after_the_verdicts_applies_retroactively(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = tmp_path / "s.jsonl"
+    main(["simulate", "--prompts", "30", "--out", str(stream)])
+    lines = stream.read_bytes().splitlines()
+    verdicts = [line for line in lines if b'"type":"verdict"' in line]
+    provenance = [line for line in lines if b'"type":"verdict"' not in line]
+    (tmp_path / "v.jsonl").write_bytes(b"\n".join(verdicts))
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(provenance))
+    db = tmp_path / "late.db"
+    main(["ingest", "--db", str(db), str(tmp_path / "v.jsonl")])
+    capsys.readouterr()
+    assert _report(capsys, db) == [], "no provenance yet: nobody is related to anybody"
+    main(["ingest", "--db", str(db), str(tmp_path / "p.jsonl")])
+    capsys.readouterr()
+    late = _report(capsys, db)
+    in_order = tmp_path / "in-order.db"
+    main(["ingest", "--db", str(in_order), str(stream)])
+    capsys.readouterr()
+    assert late and late == _report(capsys, in_order)
+
+
+def test_progress_is_shown_on_a_terminal(tmp_path: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    progress = _Progress("f.jsonl", total_bytes=200, stream=screen)
+    assert list(progress.lines(iter([b"x" * 100]))) == [b"x" * 100]
+    progress.batch(AppendResult(accepted=40, duplicate=5, rejected=5))
+    progress.close()
+    assert screen.getvalue().startswith("\rf.jsonl:  50.0% 50 events (")
+    assert screen.getvalue().endswith("/s)   \n")
+    quiet = io.StringIO()
+    silent = _Progress("f.jsonl", total_bytes=200, stream=quiet)
+    silent.batch(AppendResult(accepted=1))
+    silent.close()
+    assert quiet.getvalue() == ""

@@ -25,11 +25,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker import TansuBroker
 from prefleak.config import MetricsSettings
+from prefleak.consumers.kafka import produce_events
 from prefleak.daemon.metrics import OTHER, verdict_series
+from prefleak.devbroker import FAST_GROUP
 from prefleak.lineage import Lineage
 from prefleak.models.events import parse_object
 from prefleak.report import PLSRow
+from prefleak.simulate import Scenario, simulate
 from prefleak.store import VerdictCounts
 from services import require_binary
 
@@ -531,4 +535,38 @@ def test_unreachable_kafka_is_reported_down_and_does_not_block_shutdown(
     assert "source kafka is down" in answer["reasons"]
     assert daemon.value("prefleak_source_up", source="kafka") == 0
     assert daemon.value("prefleak_events_ingested_total", source="kafka", outcome="accepted") == 0
+    daemon.stop()
+
+
+def test_kafka_stream_reaches_the_metrics(
+    start: Callable[..., Daemon], tmp_path: Path, tansu_broker: TansuBroker
+) -> None:
+    """End to end through a real broker: produce, serve ingests, /metrics counts it and has PLS."""
+    tansu_broker.create_topics({"prefleak.verdicts": 4, "prefleak.provenance": 1})
+    events = list(simulate(Scenario(seed=2, prompts_per_benchmark=40)))
+    produce_events(tansu_broker.bootstrap_servers, events)
+    daemon = start(
+        "--db", str(tmp_path / "kafka.db"), "--kafka", tansu_broker.bootstrap_servers[0],
+        PREFLEAK_KAFKA__CLIENT_OPTIONS=json.dumps(FAST_GROUP),
+    )  # fmt: skip
+    accepted = {"source": "kafka", "outcome": "accepted"}
+    wait_for(
+        lambda: daemon.value("prefleak_events_ingested_total", **accepted) == len(events),
+        timeout=60,
+        what=f"{len(events)} events ingested from Kafka",
+    )
+    assert daemon.value("prefleak_source_up", source="kafka") == 1
+    pls = wait_for(
+        lambda: [
+            labels for (name, labels), _ in daemon.samples().items()
+            if name == "prefleak_pls_ci_low_ratio"
+            and ("judge_i", "gemini-1.5-pro") in labels and ("judge_j", "gpt-4o") in labels
+        ],
+        what="PLS series of the simulated world",
+    )  # fmt: skip
+    assert ("student_i", "student-gemini") in pls[0] or ("student_j", "student-gpt4o") in pls[0]
+    lags = [
+        v for (name, _), v in daemon.samples().items() if name == "prefleak_consumer_lag_messages"
+    ]
+    assert lags and all(lag == 0 for lag in lags)
     daemon.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import signal
@@ -32,6 +33,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from broker import FAST_GROUP, TansuBroker
 from prefleak.consumers.kafka import KafkaSource, produce_events, verdict_key
+from prefleak.lineage import Lineage
+from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.report import PLSRow, pls_table
 from prefleak.store import AppendResult, EventStore
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -102,13 +106,6 @@ def malformed_messages(count: int, *, seed: int = 1) -> list[bytes]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tansu_broker(tmp_path: Path) -> Iterator[TansuBroker]:
-    """A fresh broker per test (it starts in ~50 ms); its log is in ``tmp_path/tansu.log``."""
-    with TansuBroker(log_path=tmp_path / "tansu.log") as broker:
-        yield broker
-
-
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -132,6 +129,11 @@ def running(source: KafkaSource) -> Iterator[threading.Event]:
         took = time.monotonic() - started
         assert not thread.is_alive(), "KafkaSource.run did not return after stop"
         assert took < 5, f"KafkaSource.run took {took:.1f} s to stop"
+
+
+def pls_rows(store: EventStore) -> list[PLSRow]:
+    lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
+    return pls_table(store.verdict_counts(), lineage, n_bootstrap=50, min_prompts=1)
 
 
 def make_source(broker: TansuBroker, store: EventStore, **kwargs: Any) -> KafkaSource:
@@ -355,6 +357,20 @@ def test_two_replicas_split_verdicts_and_share_provenance(
             pairs_b = {verdict_key(v) for v in verdicts if v["id"] in ids_b}
             assert not pairs_a & pairs_b
 
+            # PLS is per candidate pair, and a pair lives on one replica: the union of the
+            # replicas' PLS tables is a single replica's table
+            with EventStore(tmp_path / "single.db") as store_single:
+                single = make_source(broker, store_single, group_id="single")
+                with running(single):
+                    wait_until(
+                        lambda: counts(store_single) == expected_counts(provenance + verdicts),
+                        30,
+                        "a single replica to read everything",
+                    )
+                union = pls_rows(store_a) + pls_rows(store_b)
+                assert union
+                assert sorted(union, key=repr) == sorted(pls_rows(store_single), key=repr)
+
             # B leaves: A takes B's partitions over and replays them from the start of the log
             stop_b.set()
             wait_until(lambda: counts(store_a).get("verdict", 0) == len(verdicts), 30, "takeover")
@@ -363,9 +379,6 @@ def test_two_replicas_split_verdicts_and_share_provenance(
                 lambda: verdict_partitions(a) == {0, 1, 2, 3}, 30, "A owning every partition"
             )
             assert not stop_a.is_set()
-
-
-CONSUMER_PROCESS = [sys.executable, "-m", "prefleak.consumers.kafka"]
 
 
 @pytest.mark.slow
@@ -388,18 +401,22 @@ def test_kill_9_mid_stream_counts_every_event_once(
     assert len(stream) > 100_000
     db = tmp_path / "store.db"
     EventStore(db).close()
+    # the real daemon, recomputing every second while it ingests, killed with SIGKILL
     command = [
-        *CONSUMER_PROCESS,
-        *("--db", str(db), "--bootstrap", broker.bootstrap_servers[0]),
-        *("--verdict-topic", "verdicts", "--provenance-topic", "provenance"),
-        *("--group", "crash", "--max-poll-records", "1000"),
-        *(f"--option={k}={v}" for k, v in FAST_GROUP.items()),
+        *(sys.executable, "-m", "prefleak", "serve", "--port", "0"),
+        *("--db", str(db), "--kafka", broker.bootstrap_servers[0]),
     ]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "PREFLEAK_KAFKA__VERDICT_TOPICS": '["verdicts"]',
+        "PREFLEAK_KAFKA__PROVENANCE_TOPICS": '["provenance"]',
+        "PREFLEAK_KAFKA__GROUP_ID": "crash",
+        "PREFLEAK_KAFKA__MAX_POLL_RECORDS": "1000",
+        "PREFLEAK_KAFKA__CLIENT_OPTIONS": json.dumps(FAST_GROUP),
+        "PREFLEAK_RECOMPUTE__INTERVAL_S": "1",
     }
-    log = (tmp_path / "consumer.log").open("ab")
+    log = (tmp_path / "serve.log").open("ab")
 
     def spawn() -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, stdout=log, stderr=log, env=env)

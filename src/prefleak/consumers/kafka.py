@@ -18,15 +18,11 @@ Why it is built this way (docs/scaling.md has the long version):
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 import orjson
@@ -588,50 +584,3 @@ class _Session:
 def _log_commit(offsets: object, response: object) -> None:
     if isinstance(response, Exception):
         log.debug("kafka: offset commit to the broker failed: %r", response)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run one KafkaSource until SIGTERM or SIGINT (used by the crash tests and the demo)."""
-    parser = argparse.ArgumentParser(prog="python -m prefleak.consumers.kafka")
-    parser.add_argument("--db", required=True, help="event store path")
-    parser.add_argument("--bootstrap", required=True, help="host:port[,host:port...]")
-    parser.add_argument("--verdict-topic", action="append", dest="verdict_topics")
-    parser.add_argument("--provenance-topic", action="append", dest="provenance_topics")
-    parser.add_argument("--group", default="prefleak")
-    parser.add_argument("--dead-letter-topic")
-    parser.add_argument("--max-poll-records", type=int, default=5000)
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=JSON",
-        help="kafka-python option, e.g. session_timeout_ms=3000",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, _, value = item.partition("=")
-        options[key] = json.loads(value)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with EventStore(args.db) as store:
-        KafkaSource(
-            store,
-            bootstrap_servers=args.bootstrap.split(","),
-            verdict_topics=args.verdict_topics,
-            provenance_topics=args.provenance_topics,
-            group_id=args.group,
-            dead_letter_topic=args.dead_letter_topic,
-            max_poll_records=args.max_poll_records,
-            client_options=options,
-        ).run(stop)
-
-
-if __name__ == "__main__":
-    main()
