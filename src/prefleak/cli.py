@@ -18,6 +18,7 @@ from typing import IO, Any
 from prefleak import __version__
 from prefleak.config import default_db
 from prefleak.daemon.commands import register as register_daemon
+from prefleak.diversity.commands import register as register_diversity
 from prefleak.ingest import Ingestor, open_lines
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
@@ -445,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--leakage", type=float, default=1.0, help="scale of injected leakage")
 
     register_daemon(commands)
+    register_diversity(commands)
     return parser
 
 

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from prefleak.diversity.sample import SAMPLE_CAPACITY, Sample, priority, window_start
 from prefleak.models.events import (
     Event,
     Record,
+    SampleEvent,
     VerdictEvent,
     same_content,
     validate,
@@ -61,7 +63,7 @@ CREATE TABLE IF NOT EXISTS offsets (
 ) WITHOUT ROWID;
 """
 
-_PROJECTIONS = """
+_VERDICT_COUNTS = """
 CREATE TABLE IF NOT EXISTS verdict_counts (
     benchmark TEXT NOT NULL,
     judge TEXT NOT NULL,
@@ -80,7 +82,23 @@ CREATE TABLE IF NOT EXISTS verdict_counts (
     PRIMARY KEY (benchmark, judge, model_lo, model_hi, prompt_id)
 ) WITHOUT ROWID
 """
-PROJECTION_TABLES = ("verdict_counts",)
+_SAMPLES = """
+CREATE TABLE IF NOT EXISTS samples (
+    dataset TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    text TEXT NOT NULL,
+    prompt TEXT,
+    label TEXT,
+    model TEXT,
+    PRIMARY KEY (dataset, window_start, priority, id)
+) WITHOUT ROWID
+"""
+_PROJECTIONS = (_VERDICT_COUNTS, _SAMPLES)
+"""One statement each: ``executescript`` would commit the open transaction of a rebuild."""
+PROJECTION_TABLES = ("verdict_counts", "samples")
 
 _COUNT_COLUMNS = (
     "lo_wins", "hi_wins", "ties",
@@ -201,6 +219,27 @@ def _project(events: Iterable[Event]) -> list[tuple[str | int, ...]]:
     return [(*key, *counts) for key, counts in sums.items()]
 
 
+_TRIM_SAMPLES = (
+    "DELETE FROM samples WHERE dataset = ?1 AND window_start = ?2 AND (priority, id) > ("
+    "SELECT priority, id FROM samples WHERE dataset = ?1 AND window_start = ?2"
+    f" ORDER BY priority, id LIMIT 1 OFFSET {SAMPLE_CAPACITY - 1})"
+)
+
+
+def _project_samples(db: sqlite3.Connection, events: Iterable[Event]) -> None:
+    """Add a batch's samples to the sketch, then keep the lowest priorities of each window."""
+    rows = [
+        (e.dataset, window_start(e.ts.timestamp()), priority(e.id), e.id, e.ts.timestamp(),
+         e.text, e.prompt, e.label, e.model)
+        for e in events
+        if isinstance(e, SampleEvent) and e.id is not None and e.ts is not None
+    ]  # fmt: skip
+    if not rows:
+        return
+    db.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.executemany(_TRIM_SAMPLES, sorted({(row[0], row[1]) for row in rows}))
+
+
 def _restore(body: bytes, event_id: str, ts: float) -> Event:
     """A stored event as it was ingested: the sender's JSON plus the id and ts it was given."""
     event = validate(body)
@@ -225,7 +264,8 @@ class EventStore:
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db.executescript(_SCHEMA)
-            self._db.execute(_PROJECTIONS)
+            for statement in _PROJECTIONS:
+                self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open event store {self.path}: {exc}") from None
         self._lock = threading.RLock()
@@ -248,6 +288,7 @@ class EventStore:
         with self._transaction():
             fresh, conflicts = self._insert_new(batch, now, result)
             self._db.executemany(_UPSERT_COUNTS, _project(r.event for r in fresh))
+            _project_samples(self._db, (r.event for r in fresh))
             rejections = [*batch.rejections, *conflicts]
             self._db.executemany(
                 "INSERT INTO rejected (received_at, source, location, error, raw, raw_size)"
@@ -352,10 +393,13 @@ class EventStore:
         with self._transaction():
             for table in PROJECTION_TABLES:
                 self._db.execute(f"DROP TABLE IF EXISTS {table}")
-            self._db.execute(_PROJECTIONS)
+            for statement in _PROJECTIONS:
+                self._db.execute(statement)
             cursor = self._db.execute("SELECT body, id, ts FROM events ORDER BY seq")
             while rows := cursor.fetchmany(batch_size):
-                self._db.executemany(_UPSERT_COUNTS, _project(_restore(*row) for row in rows))
+                events = [_restore(*row) for row in rows]
+                self._db.executemany(_UPSERT_COUNTS, _project(events))
+                _project_samples(self._db, events)
                 replayed += len(rows)
         return replayed
 
@@ -381,6 +425,26 @@ class EventStore:
         else:
             cursor = self._db.execute(sql + " WHERE benchmark = ?", (benchmark,))
         return [VerdictCounts._make(row) for row in cursor]
+
+    def sample_datasets(self) -> dict[str, float]:
+        """Datasets with stored samples, each with the event time of its newest stored sample."""
+        return dict(self._db.execute("SELECT dataset, max(ts) FROM samples GROUP BY dataset"))
+
+    def samples(
+        self, dataset: str, limit: int, *, since: float | None = None, earliest: bool = False
+    ) -> list[Sample]:
+        """Up to ``limit`` stored samples of a dataset, from windows starting at ``since`` on.
+
+        By default the lowest priorities: the uniform bottom-k sample (exact for any ``limit`` up
+        to the capacity). ``earliest`` orders by event time instead (ties by priority).
+        """
+        order = "ts, priority" if earliest else "priority, id"
+        rows = self._db.execute(
+            "SELECT id, ts, priority, text, prompt, label, model FROM samples"
+            f" WHERE dataset = ? AND window_start >= ? ORDER BY {order} LIMIT ?",
+            (dataset, window_start(since) if since is not None else -(2**62), limit),
+        )
+        return [Sample._make(row) for row in rows]
 
     def projection_dump(self) -> dict[str, list[tuple[object, ...]]]:
         """Every projection table in key order, for comparing a rebuild with the live state."""

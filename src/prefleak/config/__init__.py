@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from prefleak.diversity.sample import SAMPLE_CAPACITY
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TiePolicy
 
 DEFAULT_DB = "prefleak.db"
@@ -128,6 +129,35 @@ class MetricsSettings(_Section):
         return _split_list(value)
 
 
+class DiversitySettings(_Section):
+    """Diversity, drift, coverage and overlap of datasets' samples (docs/diversity.md)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=300.0, gt=0)
+    """Recomputed at most this often (within the recompute loop); unchanged samples are cached."""
+    sample_size: int = Field(default=500, ge=10, le=SAMPLE_CAPACITY)
+    """Samples per dataset the measures use (the store keeps up to 1000 per dataset and day)."""
+    reference_size: int = Field(default=200, ge=10, le=SAMPLE_CAPACITY)
+    """Drift reference: a dataset's earliest stored samples by event time."""
+    window_days: int = Field(default=1, ge=1)
+    """Drift compares the dataset's latest window of this many days with its reference."""
+    resamples: int = Field(default=100, ge=0)
+    """Half-samples behind each interval; 0 turns intervals off."""
+    permutations: int = Field(default=500, ge=0)
+    """Permutations of the MMD shift test (the smallest p-value is 1 / (1 + this))."""
+    embeddings: Literal["auto", "on", "off"] = "auto"
+    """auto: use the embed extra when installed; on: fail a recompute without it."""
+    coverage_threshold: float = Field(default=0.5, gt=0, lt=2)
+    """Cosine distance to the nearest eval sample above which a production sample is
+    uncovered, with embeddings."""
+    coverage_threshold_lexical: float = Field(default=0.6, gt=0, lt=2)
+    """The same with TF-IDF vectors (embeddings off): lexical distances run higher."""
+    clusters: int = Field(default=5, ge=1, le=50)
+    examples: int = Field(default=3, ge=0, le=20)
+    max_series_datasets: int = Field(default=50, ge=0)
+    """Datasets exported as metric series (the most sampled first); the JSON has all."""
+
+
 _FILE_LAYER: ContextVar[dict[str, Any]] = ContextVar("_FILE_LAYER")
 """The YAML file's values for the :class:`Settings` being built (a layer below the env vars)."""
 
@@ -152,6 +182,7 @@ class Settings(BaseSettings):
     recompute: RecomputeSettings = RecomputeSettings()
     pls: PLSSettings = PLSSettings()
     metrics: MetricsSettings = MetricsSettings()
+    diversity: DiversitySettings = DiversitySettings()
 
     @classmethod
     def settings_customise_sources(

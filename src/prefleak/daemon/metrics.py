@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,6 +32,9 @@ from prefleak.config import MetricsSettings
 from prefleak.lineage import Lineage
 from prefleak.report import PLSRow
 from prefleak.store import AppendResult, VerdictCounts
+
+if TYPE_CHECKING:  # the report's numpy-heavy modules load only when diversity is on
+    from prefleak.diversity.report import DiversityReport
 
 OTHER = "other"
 """The label value that stands for every judge, candidate or benchmark not named on its own."""
@@ -76,6 +79,8 @@ class Snapshot:
     events: dict[str, int]
     dead_letters: int
     newest_event_ts: float | None
+    diversity: DiversityReport | None = None
+    """The last diversity report (recomputed every ``diversity.interval_s``), if any yet."""
 
 
 def verdict_series(
@@ -146,7 +151,13 @@ class ServiceView(Protocol):
 class Metrics:
     """The service's registry: instrumented counters plus :class:`_StoreCollector`."""
 
-    def __init__(self, view: ServiceView, bounds: MetricsSettings, sources: Iterable[str]) -> None:
+    def __init__(
+        self,
+        view: ServiceView,
+        bounds: MetricsSettings,
+        sources: Iterable[str],
+        max_diversity_datasets: int = 50,
+    ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
@@ -181,7 +192,9 @@ class Metrics:
             for outcome in OUTCOMES:
                 self.ingested.labels(source, outcome)
         ProcessCollector(registry=self.registry)
-        self.registry.register(_StoreCollector(view, bounds, self.last_ingest))
+        self.registry.register(
+            _StoreCollector(view, bounds, self.last_ingest, max_diversity_datasets)
+        )
 
     def record(self, source: str, result: AppendResult) -> None:
         """Count one append's outcomes (called by every source after each batch)."""
@@ -215,11 +228,16 @@ class _StoreCollector(Collector):
     """Exports the last recompute and the sources' live state; absent values stay absent."""
 
     def __init__(
-        self, view: ServiceView, bounds: MetricsSettings, last_ingest: Callable[[], float | None]
+        self,
+        view: ServiceView,
+        bounds: MetricsSettings,
+        last_ingest: Callable[[], float | None],
+        max_datasets: int,
     ) -> None:
         self._view = view
         self._bounds = bounds
         self._last_ingest = last_ingest
+        self._max_datasets = max_datasets
 
     def collect(self) -> Iterator[Metric]:
         yield from self._live()
@@ -244,6 +262,8 @@ class _StoreCollector(Collector):
             )
         yield from _pls_families(exported_pls(snapshot.pls, self._bounds.max_pls_series))
         yield from _verdict_families(snapshot.verdicts)
+        if snapshot.diversity is not None:
+            yield from _diversity_families(snapshot.diversity, self._max_datasets)
 
     def _live(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -312,3 +332,101 @@ def _verdict_families(verdicts: Iterable[VerdictSeries]) -> Iterator[CounterMetr
         comparisons.add_metric(labels, series.comparisons)
     yield wins
     yield comparisons
+
+
+_DIVERSITY_GAUGES = (
+    # (metric in the report, exported name, extra label and its value, help)
+    ("distinct_1", "prefleak_diversity_distinct_ratio", ("n", "1"),
+     "Distinct n-grams over all n-grams of the dataset's sample (distinct-n)."),
+    ("distinct_2", "prefleak_diversity_distinct_ratio", ("n", "2"), ""),
+    ("distinct_3", "prefleak_diversity_distinct_ratio", ("n", "3"), ""),
+    ("compression_ratio", "prefleak_diversity_compression_ratio", None,
+     "DEFLATE-compressed over raw size of the joined sample texts; lower is more repetitive."),
+    ("self_repetition", "prefleak_diversity_self_repetition", None,
+     "Mean log(1 + 4-grams a text shares with the other texts); higher is more repetitive."),
+    ("length_mean", "prefleak_diversity_length_words", ("statistic", "mean"),
+     "Length of the sample's texts in words: mean, median (p50) and 90th percentile (p90)."),
+    ("length_p50", "prefleak_diversity_length_words", ("statistic", "p50"), ""),
+    ("length_p90", "prefleak_diversity_length_words", ("statistic", "p90"), ""),
+    ("label_entropy_bits", "prefleak_diversity_label_entropy_bits", None,
+     "Shannon entropy of the labels of labelled samples."),
+    ("majority_label_share", "prefleak_diversity_majority_label_ratio", None,
+     "Share of labelled samples carrying the most common label."),
+    ("embedding_cosine_distance", "prefleak_diversity_embedding_cosine_distance", None,
+     "Mean pairwise cosine distance of MiniLM embeddings (absent without the embed extra)."),
+    ("vendi_score", "prefleak_diversity_vendi_score", None,
+     "Vendi score: effective number of distinct samples (absent without the embed extra)."),
+)  # fmt: skip
+
+
+def _diversity_families(report: DiversityReport, max_datasets: int) -> Iterator[Metric]:
+    """Diversity gauges of the ``max_datasets`` most sampled datasets and the pairs among them."""
+    rows = sorted(report.datasets, key=lambda r: (-r.n_samples, r.dataset))[:max_datasets]
+    named = {row.dataset for row in rows}
+    samples = GaugeMetricFamily(
+        "prefleak_diversity_samples",
+        "Samples of the dataset the diversity measures rest on (the bounded sample).",
+        labels=["dataset", "role"],
+    )
+    generation = GaugeMetricFamily(
+        "prefleak_diversity_generation",
+        "Generation of synthetic data (0 human, 1 written by a model trained on none).",
+        labels=["dataset"],
+    )
+    artifacts = GaugeMetricFamily(
+        "prefleak_diversity_artifact_ratio",
+        "Share of the dataset's samples with an artifact (kind: empty, truncated, refusal, "
+        "prompt_echo, exact_duplicate, near_duplicate).",
+        labels=["dataset", "kind"],
+    )
+    drift = GaugeMetricFamily(
+        "prefleak_diversity_drift_pvalue",
+        "Permutation p-value of the MMD test of the latest window against the reference.",
+        labels=["dataset"],
+    )
+    families: dict[str, GaugeMetricFamily] = {}
+    for _, name, extra, documentation in _DIVERSITY_GAUGES:
+        labels = ["dataset"] if extra is None else ["dataset", extra[0]]
+        families.setdefault(name, GaugeMetricFamily(name, documentation, labels=labels))
+    for row in rows:
+        samples.add_metric([row.dataset, row.role], row.n_samples)
+        if row.generation is not None:
+            generation.add_metric([row.dataset], row.generation.generation)
+        for kind, share in row.artifacts.items():
+            artifacts.add_metric([row.dataset, kind], share)
+        if row.drift is not None and row.drift.test is not None:
+            drift.add_metric([row.dataset], row.drift.test.p_value)
+        for metric, name, extra, _ in _DIVERSITY_GAUGES:
+            if metric in row.metrics:
+                labels = [row.dataset] if extra is None else [row.dataset, extra[1]]
+                families[name].add_metric(labels, row.metrics[metric].value)
+    coverage = GaugeMetricFamily(
+        "prefleak_eval_coverage_ratio",
+        "Share of the production dataset's samples whose nearest eval sample is within the "
+        "coverage threshold.",
+        labels=["eval", "production"],
+    )
+    for cov in report.coverage:
+        if {cov.eval, cov.production} <= named:
+            coverage.add_metric([cov.eval, cov.production], 1 - cov.result.uncovered.value)
+    overlap = GaugeMetricFamily(
+        "prefleak_eval_training_overlap_ratio",
+        "Share of the eval dataset's items sharing a 13-word sequence with the training "
+        "dataset's sampled prompts and texts (a lower bound).",
+        labels=["eval", "training"],
+    )
+    for ov in report.overlap:
+        if {ov.eval, ov.training} <= named:
+            overlap.add_metric([ov.eval, ov.training], ov.result.overlapping.value)
+    yield samples
+    yield generation
+    yield from families.values()
+    yield artifacts
+    yield drift
+    yield coverage
+    yield overlap
+    yield _gauge(
+        "prefleak_diversity_last_timestamp_seconds",
+        "Unix time the diversity report behind these series was computed.",
+        report.generated_at,
+    )

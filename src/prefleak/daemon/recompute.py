@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from prefleak.config import Settings
 from prefleak.daemon.metrics import Metrics, Snapshot, Triple, verdict_series
@@ -17,6 +19,9 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.report import pls_table
 from prefleak.store import EventStore
+
+if TYPE_CHECKING:
+    from prefleak.diversity.report import DiversityAnalyzer, DiversityReport
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,9 @@ class Recomputer:
         self._named: frozenset[Triple] = frozenset()
         self._latest: Snapshot | None = None
         self._lock = threading.Lock()
+        self._analyzer: DiversityAnalyzer | None = None
+        self._diversity: DiversityReport | None = None
+        self._diversity_due = 0.0
 
     @property
     def latest(self) -> Snapshot | None:
@@ -56,6 +64,37 @@ class Recomputer:
         with self._lock:
             self._latest = snapshot
         log.debug("recompute took %.3f s: %d PLS rows", snapshot.duration_s, len(snapshot.pls))
+        self._refresh_diversity()
+
+    def _refresh_diversity(self) -> None:
+        """Every ``diversity.interval_s``, after the PLS snapshot is out (it never waits on this).
+
+        The first call loads the embedding model, which takes seconds; later calls only measure
+        samples that changed.
+        """
+        settings = self._settings.diversity
+        if not settings.enabled or time.monotonic() < self._diversity_due:
+            return
+        self._diversity_due = time.monotonic() + settings.interval_s
+        from prefleak.diversity.commands import build_analyzer
+        from prefleak.diversity.report import load_inputs
+
+        try:
+            inputs, provenance = load_inputs(self._store, settings)
+            if not inputs:
+                return  # no model to load and nothing to export before the first sample
+            if self._analyzer is None:
+                self._analyzer = build_analyzer(settings)
+            report = self._analyzer.analyze(inputs, provenance)
+        except Exception:
+            self._metrics.recompute_errors.inc()
+            log.exception("diversity recompute failed; the previous results stay exported")
+            return
+        with self._lock:
+            self._diversity = report
+            if self._latest is not None:
+                self._latest = replace(self._latest, diversity=report)
+        log.debug("diversity report: %d datasets", len(report.datasets))
 
     def _compute(self, started: float) -> Snapshot:
         store, pls = self._store, self._settings.pls
@@ -76,4 +115,5 @@ class Recomputer:
             events=events,
             dead_letters=dead_letters,
             newest_event_ts=newest,
+            diversity=self._diversity,
         )

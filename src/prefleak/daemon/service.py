@@ -65,7 +65,12 @@ class Service:
             names.append("file")
         if settings.kafka.enabled:
             names.append("kafka")
-        self.metrics = Metrics(self, settings.metrics, names)
+        self.metrics = Metrics(
+            self,
+            settings.metrics,
+            names,
+            max_diversity_datasets=settings.diversity.max_series_datasets,
+        )
         self.registry = self.metrics.registry
         self.recomputer = Recomputer(self._reader, settings, self.metrics)
         if settings.watch.directory is not None:

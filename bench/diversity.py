@@ -1,0 +1,77 @@
+"""Diversity benchmark: lexical measures in texts/s, and embedding overhead against the bare model.
+
+    PYTHONPATH=src python bench/diversity.py [--repeat 3] [--embed-texts 600]
+
+Texts: the real AlpacaEval instructions (about 165 characters) and answers (about 2,040) from
+../shared/data. Lexical: one :class:`LexicalSample` build plus every measure (no intervals).
+Embeddings (with the embed extra): :meth:`Embedder.encode` on fresh caches against
+``SentenceTransformer.encode`` with the same options on the same texts, alternating, best of three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import time
+from pathlib import Path
+
+from prefleak.diversity.lexical import LexicalSample
+from prefleak.embeddings import BATCH_SIZE, Embedder, load_embedder
+
+DATA = (
+    Path(__file__).resolve().parents[2]
+    / "shared/data/alpacaeval_student_pair_gemini_judged.json.gz"
+)
+
+
+def lexical_rate(texts: list[str], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        LexicalSample(texts).metrics()
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best
+
+
+def embedding_rates(embedder: Embedder, texts: list[str]) -> tuple[float, float]:
+    model = embedder.model
+    model.encode(texts[:64], batch_size=BATCH_SIZE)  # warm up
+    direct = ours = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        model.encode(texts, batch_size=BATCH_SIZE, convert_to_numpy=True,
+                     normalize_embeddings=True, show_progress_bar=False)  # fmt: skip
+        direct = min(direct, time.perf_counter() - started)
+        fresh = Embedder(model)
+        started = time.perf_counter()
+        fresh.encode(texts)
+        ours = min(ours, time.perf_counter() - started)
+    return len(texts) / direct, len(texts) / ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--embed-texts", type=int, default=600)
+    args = parser.parse_args()
+    with gzip.open(DATA) as handle:
+        records = json.load(handle)
+    short = [r["instruction"] for r in records]
+    long = [r[key] for r in records for key in ("output_1", "output_2")]
+    for name, texts in (("instructions", short), ("answers", long)):
+        chars = sum(map(len, texts)) / len(texts)
+        rate = lexical_rate(texts, args.repeat)
+        print(f"lexical {name}: {len(texts)} texts of {chars:,.0f} chars: {rate:,.0f} texts/s")
+    embedder = load_embedder()
+    if isinstance(embedder, str):
+        print(embedder)
+        return
+    texts = (short + long)[: args.embed_texts]
+    direct, ours = embedding_rates(embedder, texts)
+    print(f"embeddings ({len(texts)} texts): sentence-transformers encode {direct:,.1f} texts/s, "
+          f"Embedder.encode {ours:,.1f} texts/s = {ours / direct:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
