@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from prefleak.ingest import Ingestor, read_message
-from prefleak.models.events import Record
 from prefleak.simulate import Scenario, simulate
-from prefleak.store import Batch, EventStore, Rejection, StoreError
+from prefleak.store import Batch, EventStore, Rejection, StoredEvent, StoreError
 
 
 def _lines(events: list[dict[str, object]]) -> list[bytes]:
@@ -23,9 +22,9 @@ def _verdict(prompt: str, winner: str = "a", **extra: object) -> dict[str, objec
             "model_a": "m2", "model_b": "m1", "winner": winner, **extra}  # fmt: skip
 
 
-def _record(raw: bytes, location: str = "line 1") -> Record:
+def _record(raw: bytes, location: str = "line 1") -> StoredEvent:
     item = read_message(raw, source="test", location=location)
-    assert isinstance(item, Record), item
+    assert isinstance(item, StoredEvent), item
     return item
 
 
@@ -126,3 +125,21 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     bogus.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot open event store"):
         EventStore(bogus)
+
+
+def test_worker_process_gives_the_same_store(tmp_path: Path) -> None:
+    events = list(simulate(Scenario(seed=4, prompts_per_benchmark=10, duplicate_fraction=0.05)))
+    lines = [*_lines(events), b"{broken", b"", b'{"type": "vote"}']
+    serial, parallel = EventStore(tmp_path / "serial.db"), EventStore(tmp_path / "parallel.db")
+    one = Ingestor(serial, batch_size=700).ingest_lines(lines, source="f")
+    two = Ingestor(parallel, batch_size=700, workers=1).ingest_lines(lines, source="f")
+    assert (one.accepted, one.duplicate, one.rejected) == (
+        two.accepted,
+        two.duplicate,
+        two.rejected,
+    )
+    assert one.rejected == 2 and one.duplicate > 0
+    assert serial.projection_dump() == parallel.projection_dump()
+    assert [(r.location, r.error) for r in serial.rejections()] == [
+        (r.location, r.error) for r in parallel.rejections()
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -96,12 +97,26 @@ class _Progress:
             self.stream.write("\n")
 
 
+PARALLEL_FROM_BYTES = 16 * 1024 * 1024
+"""Files at least this large are validated in a second process by default."""
+
+
+def _workers(requested: int | None, size: int | None) -> int:
+    """Validating processes for one input: as asked, else one for a large file on 2+ cores."""
+    if requested is not None:
+        return requested
+    large = size is not None and size >= PARALLEL_FROM_BYTES
+    return 1 if large and (os.cpu_count() or 1) >= 2 else 0
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        ingestor = Ingestor(store, max_message_bytes=args.max_line_bytes)
         total = AppendResult()
         for name in args.files:
             size = None if name == "-" else Path(name).stat().st_size
+            ingestor = Ingestor(
+                store, max_message_bytes=args.max_line_bytes, workers=_workers(args.workers, size)
+            )
             progress = _Progress(name, size, sys.stderr)
             try:
                 with open_lines(name) as lines:
@@ -354,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument(
         "--show-errors", type=int, default=5, metavar="N", help="rejections to print per file"
+    )
+    ingest.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes validating while this one writes (default: 1 for files of 16 MiB or "
+        "more on a machine with 2+ cores, else 0)",
     )
 
     report = command(

@@ -171,20 +171,27 @@ def estimate_pls(
 
 
 _RESAMPLE_CELLS = 1 << 21
-"""Prompt draws held at once while bootstrapping, to keep memory flat for large benchmarks."""
+"""Resample weights held at once while bootstrapping, to keep memory flat for large benchmarks."""
 
 
 def _bootstrap(
     by_i: Counts, by_j: Counts, ties: TiePolicy, n_bootstrap: int, seed: int
 ) -> npt.NDArray[np.float64]:
-    """PLS of each resample of prompts (the same draw for both judges); undefined ones dropped."""
+    """PLS of each resample of prompts (the same draw for both judges); undefined ones dropped.
+
+    A resample is a vector of how often each prompt was drawn; the summed counts of both judges
+    are then one matrix product each, instead of gathering every drawn prompt's rows.
+    """
     n_prompts = by_i.shape[0]
     rng = np.random.default_rng(seed)
     step = max(1, _RESAMPLE_CELLS // n_prompts)
     scores = []
     for start in range(0, n_bootstrap, step):
-        draws = rng.integers(0, n_prompts, size=(min(step, n_bootstrap - start), n_prompts))
-        score, _ = _pls_many(by_i[draws].sum(axis=1), by_j[draws].sum(axis=1), ties)
+        rows = min(step, n_bootstrap - start)
+        draws = rng.integers(0, n_prompts, size=(rows, n_prompts))
+        draws += np.arange(rows)[:, None] * n_prompts
+        weights = np.bincount(draws.ravel(), minlength=rows * n_prompts).reshape(rows, n_prompts)
+        score, _ = _pls_many(weights @ by_i, weights @ by_j, ties)
         scores.append(score)
     boot = np.concatenate(scores) if scores else np.empty(0)
     return boot[~np.isnan(boot)]

@@ -30,7 +30,7 @@ from prefleak.models.events import (
 RAW_KEEP_BYTES = 64 * 1024
 """How much of a rejected message is kept; the rest is cut (its full size is recorded)."""
 
-CACHE_KIB = 64 * 1024
+CACHE_KIB = 16 * 1024
 """SQLite page cache per connection: keeps the id index hot during ingest, bounded memory."""
 
 _ID_CHUNK = 900  # below SQLite's limit on bound parameters per statement
@@ -161,13 +161,20 @@ class Rejection:
 class Batch:
     """What one transaction writes: records, rejections and the source offsets they advance."""
 
-    records: list[Record] = field(default_factory=list)
+    records: list[StoredEvent] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     offsets: dict[tuple[str, str], int] = field(default_factory=dict)
     source: str = "unknown"
 
     def __len__(self) -> int:
         return len(self.records) + len(self.rejections)
+
+    def add(self, item: StoredEvent | Rejection) -> None:
+        """File a validated event or a rejection where it belongs."""
+        if isinstance(item, Rejection):
+            self.rejections.append(item)
+        else:
+            self.records.append(item)
 
 
 @dataclass(slots=True)
@@ -209,12 +216,50 @@ def count_key(verdict: VerdictEvent) -> tuple[CountKey, int]:
     return (verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id), column
 
 
-def _project(events: Iterable[Event]) -> list[tuple[str | int, ...]]:
+SampleRow = tuple[str, int, int, str, float, str, str | None, str | None, str | None]
+"""A row of the ``samples`` projection: dataset, window, priority, id, ts, text, prompt, label,
+model."""
+
+
+class StoredEvent(NamedTuple):
+    """An event in the form the store writes it, with its projection contributions worked out.
+
+    Plain values only, so validating and preparing can run in another process and the result
+    crosses over cheaply (a pydantic model costs ten times more to pickle).
+    """
+
+    id: str
+    type: str
+    ts: float
+    body: bytes
+    location: str
+    cell: tuple[CountKey, int] | None = None
+    """For a verdict: its ``verdict_counts`` row and count column."""
+    sample: SampleRow | None = None
+    """For a sample: its ``samples`` row."""
+
+
+def prepare(record: Record) -> StoredEvent:
+    """What storing a validated, completed record writes."""
+    event = record.event
+    if event.id is None or event.ts is None:
+        raise ValueError("complete the event (id and ts) before storing it")
+    ts = event.ts.timestamp()
+    cell = sample = None
+    if isinstance(event, VerdictEvent):
+        cell = count_key(event)
+    elif isinstance(event, SampleEvent):
+        sample = (event.dataset, window_start(ts), priority(event.id), event.id, ts,
+                  event.text, event.prompt, event.label, event.model)  # fmt: skip
+    return StoredEvent(event.id, event.type, ts, record.body, record.location, cell, sample)
+
+
+def _project(events: Iterable[StoredEvent]) -> list[tuple[str | int, ...]]:
     """Aggregate a batch's verdicts so each projection row is written once."""
     sums: dict[CountKey, list[int]] = defaultdict(lambda: [0] * 9)
     for event in events:
-        if isinstance(event, VerdictEvent):
-            key, column = count_key(event)
+        if event.cell is not None:
+            key, column = event.cell
             sums[key][column] += 1
     return [(*key, *counts) for key, counts in sums.items()]
 
@@ -226,14 +271,9 @@ _TRIM_SAMPLES = (
 )
 
 
-def _project_samples(db: sqlite3.Connection, events: Iterable[Event]) -> None:
+def _project_samples(db: sqlite3.Connection, events: Iterable[StoredEvent]) -> None:
     """Add a batch's samples to the sketch, then keep the lowest priorities of each window."""
-    rows = [
-        (e.dataset, window_start(e.ts.timestamp()), priority(e.id), e.id, e.ts.timestamp(),
-         e.text, e.prompt, e.label, e.model)
-        for e in events
-        if isinstance(e, SampleEvent) and e.id is not None and e.ts is not None
-    ]  # fmt: skip
+    rows = [event.sample for event in events if event.sample is not None]
     if not rows:
         return
     db.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -286,9 +326,9 @@ class EventStore:
         result = AppendResult()
         now = time.time()
         with self._transaction():
-            fresh, conflicts = self._insert_new(batch, now, result)
-            self._db.executemany(_UPSERT_COUNTS, _project(r.event for r in fresh))
-            _project_samples(self._db, (r.event for r in fresh))
+            fresh, conflicts = self._insert_new(batch, result)
+            self._db.executemany(_UPSERT_COUNTS, _project(fresh))
+            _project_samples(self._db, fresh)
             rejections = [*batch.rejections, *conflicts]
             self._db.executemany(
                 "INSERT INTO rejected (received_at, source, location, error, raw, raw_size)"
@@ -309,68 +349,56 @@ class EventStore:
         return result
 
     def _insert_new(
-        self, batch: Batch, now: float, result: AppendResult
-    ) -> tuple[list[Record], list[Rejection]]:
+        self, batch: Batch, result: AppendResult
+    ) -> tuple[list[StoredEvent], list[Rejection]]:
         """Insert the batch's new events; returns them and rejections for reused ids.
 
         Optimistic: nearly every batch holds only new ids, so all are inserted at once and only
         when SQLite ignored some (ids already stored) is the batch redone the careful way.
         """
-        first: dict[str, Record] = {}
-        repeats: list[Record] = []
-        for record in batch.records:
-            event_id = record.event.id
-            assert event_id is not None
-            if event_id in first:
-                repeats.append(record)
+        first: dict[str, StoredEvent] = {}
+        repeats: list[StoredEvent] = []
+        for event in batch.records:
+            if event.id in first:
+                repeats.append(event)
             else:
-                first[event_id] = record
+                first[event.id] = event
         self._db.execute("SAVEPOINT optimistic")
-        if self._insert(first.values(), batch.source, now) == len(first):
+        if self._insert(first.values(), batch.source) == len(first):
             self._db.execute("RELEASE optimistic")
-            stored = {event_id: record.body for event_id, record in first.items()}
+            stored = {event_id: event.body for event_id, event in first.items()}
             fresh = list(first.values())
         else:
             self._db.execute("ROLLBACK TO optimistic")
             self._db.execute("RELEASE optimistic")
             stored = self._stored_bodies(list(first))
-            fresh = [record for event_id, record in first.items() if event_id not in stored]
-            repeats = [record for event_id, record in first.items() if event_id in stored] + repeats
-            self._insert(fresh, batch.source, now)
-            stored.update((r.event.id, r.body) for r in fresh if r.event.id is not None)
+            fresh = [event for event_id, event in first.items() if event_id not in stored]
+            repeats = [event for event_id, event in first.items() if event_id in stored] + repeats
+            self._insert(fresh, batch.source)
+            stored.update((event.id, event.body) for event in fresh)
         conflicts: list[Rejection] = []
-        for record in repeats:
-            assert record.event.id is not None
-            known = stored[record.event.id]
-            if known == record.body or same_content(validate(known), validate(record.body)):
+        for event in repeats:
+            known = stored[event.id]
+            if known == event.body or same_content(validate(known), validate(event.body)):
                 result.duplicate += 1
             else:
                 conflicts.append(
                     Rejection(
                         source=batch.source,
-                        location=record.location or f"id {record.event.id}",
-                        raw=record.body,
-                        error=f"id conflict: event {record.event.id!r} is already stored with "
+                        location=event.location or f"id {event.id}",
+                        raw=event.body,
+                        error=f"id conflict: event {event.id!r} is already stored with "
                         "other content; give the new event its own id",
                     )
                 )
         return fresh, conflicts
 
-    def _insert(self, records: Iterable[Record], source: str, now: float) -> int:
+    def _insert(self, events: Iterable[StoredEvent], source: str) -> int:
         """INSERT OR IGNORE events; returns how many rows were really inserted."""
         before = self._db.total_changes
         self._db.executemany(
             "INSERT OR IGNORE INTO events (id, type, ts, source, body) VALUES (?, ?, ?, ?, ?)",
-            [
-                (
-                    r.event.id,
-                    r.event.type,
-                    r.event.ts.timestamp() if r.event.ts else now,
-                    source,
-                    r.body,
-                )
-                for r in records
-            ],
+            [(e.id, e.type, e.ts, source, e.body) for e in events],
         )
         return self._db.total_changes - before
 
@@ -397,7 +425,7 @@ class EventStore:
                 self._db.execute(statement)
             cursor = self._db.execute("SELECT body, id, ts FROM events ORDER BY seq")
             while rows := cursor.fetchmany(batch_size):
-                events = [_restore(*row) for row in rows]
+                events = [prepare(Record(_restore(*row), row[0])) for row in rows]
                 self._db.executemany(_UPSERT_COUNTS, _project(events))
                 _project_samples(self._db, events)
                 replayed += len(rows)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from prefleak.ingest import DEFAULT_BATCH_SIZE, MAX_MESSAGE_BYTES, read_message
-from prefleak.models.events import Record
 from prefleak.store import AppendResult, Batch, EventStore
 
 log = logging.getLogger(__name__)
@@ -210,10 +209,7 @@ class FileWatcher:
         item = read_message(
             raw, source=source, location=f"line {number}", max_bytes=self.max_message_bytes
         )
-        if isinstance(item, Record):
-            batch.records.append(item)
-        else:
-            batch.rejections.append(item)
+        batch.add(item)
 
     def _commit(
         self,

@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass
 
 from prefleak.ingest import Ingestor, read_message
-from prefleak.models.events import Record
-from prefleak.store import AppendResult, Batch, EventStore, Rejection
+from prefleak.store import AppendResult, Batch, EventStore, Rejection, StoredEvent
 
 SOURCE = "http"
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
@@ -73,7 +72,7 @@ def ingest_body(
     return BodyResult(_append(store, [rejection]), not_json=True)
 
 
-def _read(raw: bytes, location: str, max_bytes: int) -> Record | Rejection:
+def _read(raw: bytes, location: str, max_bytes: int) -> StoredEvent | Rejection:
     return read_message(raw, source=SOURCE, location=location, max_bytes=max_bytes)
 
 
@@ -87,11 +86,8 @@ def _ingest_array(store: EventStore, body: bytes, max_bytes: int) -> AppendResul
     return _append(store, messages)
 
 
-def _append(store: EventStore, messages: list[Record | Rejection]) -> AppendResult:
+def _append(store: EventStore, messages: list[StoredEvent | Rejection]) -> AppendResult:
     batch = Batch(source=SOURCE)
     for message in messages:
-        if isinstance(message, Record):
-            batch.records.append(message)
-        else:
-            batch.rejections.append(message)
+        batch.add(message)
     return store.append(batch)

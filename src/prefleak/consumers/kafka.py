@@ -32,7 +32,7 @@ from kafka.net.compat import KafkaNetClient
 from kafka.structs import OffsetAndMetadata
 
 from prefleak.ingest import MAX_MESSAGE_BYTES, read_message
-from prefleak.models.events import PROVENANCE_TYPES, Record
+from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.store import AppendResult, Batch, EventStore, Rejection
 
 log = logging.getLogger("prefleak.kafka")
@@ -481,7 +481,6 @@ class _Session:
             batch = batches.get(tp.topic)
             if batch is None:
                 batch = batches[tp.topic] = Batch(source=name)
-            records, rejections = batch.records, batch.rejections
             for message in messages:
                 item = read_message(
                     message.value or b"",
@@ -490,10 +489,8 @@ class _Session:
                     max_bytes=source.max_message_bytes,
                     received_at=received_at,
                 )
-                if isinstance(item, Record):
-                    records.append(item)
-                else:
-                    rejections.append(item)
+                batch.add(item)
+                if isinstance(item, Rejection):
                     where[item.location + name] = (tp, message.offset, message.key)
             batch.offsets[(name, str(tp.partition))] = messages[-1].offset + 1
         results = []

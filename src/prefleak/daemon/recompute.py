@@ -76,8 +76,7 @@ class Recomputer:
         if not settings.enabled or time.monotonic() < self._diversity_due:
             return
         self._diversity_due = time.monotonic() + settings.interval_s
-        from prefleak.diversity.commands import build_analyzer
-        from prefleak.diversity.report import load_inputs
+        from prefleak.diversity.report import build_analyzer, load_inputs
 
         try:
             inputs, provenance = load_inputs(self._store, settings)

@@ -10,10 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefleak.config import DiversitySettings, default_db
-from prefleak.diversity.report import DiversityAnalyzer, DiversityReport, load_inputs
 from prefleak.store import EventStore
+
+if TYPE_CHECKING:  # the analysis (numpy, scipy) loads only when the command runs
+    from prefleak.diversity.report import DiversityReport
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -61,21 +64,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(handler=_cmd_diversity)
 
 
-def build_analyzer(settings: DiversitySettings) -> DiversityAnalyzer:
-    """An analyzer with embeddings as ``settings.embeddings`` asks; raises if ``on`` fails."""
-    if settings.embeddings == "off":
-        return DiversityAnalyzer(settings, embeddings_note="embeddings off (by configuration)")
-    from prefleak.embeddings import load_embedder
-
-    loaded = load_embedder()
-    if isinstance(loaded, str):
-        if settings.embeddings == "on":
-            raise RuntimeError(loaded)
-        return DiversityAnalyzer(settings, embeddings_note=loaded)
-    return DiversityAnalyzer(settings, embedder=loaded)
-
-
 def _cmd_diversity(args: argparse.Namespace) -> int:
+    from prefleak.diversity.report import build_analyzer, load_inputs
+
     settings = DiversitySettings(embeddings=args.embeddings)
     try:
         analyzer = build_analyzer(settings)

@@ -373,3 +373,17 @@ class DiversityAnalyzer:
             examples=self.settings.examples,
         )
         return OverlapRow(eval_set.dataset, training.dataset, len(training.sample), result)
+
+
+def build_analyzer(settings: DiversitySettings) -> DiversityAnalyzer:
+    """An analyzer with embeddings as ``settings.embeddings`` asks; raises if ``on`` fails."""
+    if settings.embeddings == "off":
+        return DiversityAnalyzer(settings, embeddings_note="embeddings off (by configuration)")
+    from prefleak.embeddings import load_embedder
+
+    loaded = load_embedder()
+    if isinstance(loaded, str):
+        if settings.embeddings == "on":
+            raise RuntimeError(loaded)
+        return DiversityAnalyzer(settings, embeddings_note=loaded)
+    return DiversityAnalyzer(settings, embedder=loaded)
