@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from prefleak.simulate import Scenario, simulate
-from services import require_binary
+from services import require_binary, wait_for
 from test_dashboard import load_dashboard, panel_queries
 
 pytestmark = pytest.mark.slow
@@ -65,18 +65,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

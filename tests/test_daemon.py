@@ -35,7 +35,7 @@ from prefleak.models.events import parse_object
 from prefleak.report import PLSRow
 from prefleak.simulate import Scenario, simulate
 from prefleak.store import VerdictCounts
-from services import require_binary
+from services import require_binary, wait_for
 
 SRC = Path(__file__).parents[1] / "src"
 
@@ -74,17 +74,6 @@ def prefleak(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Daemon:

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from diversity_data import topic_texts
-from services import require_binary
-from test_daemon import Daemon, wait_for
+from services import require_binary, wait_for
+from test_daemon import Daemon
 
 
 def _events() -> bytes:

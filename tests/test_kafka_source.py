@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.report import PLSRow, pls_table
 from prefleak.store import AppendResult, EventStore
+from services import wait_for
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TS = "2025-03-01T12:00:00+00:00"
@@ -106,14 +107,6 @@ def malformed_messages(count: int, *, seed: int = 1) -> list[bytes]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def running(source: KafkaSource) -> Iterator[threading.Event]:
     """Run a source in a thread; on exit stop it and check it returned within 5 s."""
@@ -181,10 +174,10 @@ def test_end_to_end_with_dead_letters(tansu_broker: TansuBroker, tmp_path: Path)
     with EventStore(tmp_path / "store.db") as store:
         source = make_source(broker, store, dead_letter_topic="dead", on_result=results.append)
         with running(source):
-            wait_until(lambda: counts(store) == expected_counts(events), 20, "all events")
-            wait_until(lambda: store.rejected_count() == len(bad), 5, "the rejections")
+            wait_for(lambda: counts(store) == expected_counts(events), 20, "all events")
+            wait_for(lambda: store.rejected_count() == len(bad), 5, "the rejections")
             assert source.up
-            wait_until(lambda: set(source.lag().values()) == {0}, 5, "zero lag")
+            wait_for(lambda: set(source.lag().values()) == {0}, 5, "zero lag")
             assert {k for k in source.lag() if k[0] == "provenance"} == {
                 ("provenance", 0),
                 ("provenance", 1),
@@ -236,8 +229,8 @@ def test_lag_comes_from_the_high_water_mark(tansu_broker: TansuBroker, tmp_path:
 
         source = make_source(broker, store, max_poll_records=100, on_result=snapshot)
         with running(source):
-            wait_until(lambda: sum(counts(store).values()) == 1018, 20, "all events")
-            wait_until(lambda: source.lag() == {("verdicts", 0): 0, ("provenance", 0): 0}, 5, "0")
+            wait_for(lambda: sum(counts(store).values()) == 1018, 20, "all events")
+            wait_for(lambda: source.lag() == {("verdicts", 0): 0, ("provenance", 0): 0}, 5, "0")
     assert len(seen) >= 10
     # after every poll: lag = high-water mark (messages in the partition) - next offset to read
     for lag, offsets in seen:
@@ -259,12 +252,12 @@ def test_broker_down_at_start(tmp_path: Path) -> None:
                 broker.start()
                 broker.create_topics({"verdicts": 2, "provenance": 1})
                 produce(broker, events)
-                wait_until(lambda: counts(store) == expected_counts(events), 30, "all events")
+                wait_for(lambda: counts(store) == expected_counts(events), 30, "all events")
                 assert source.up
     finally:
         broker.stop()
     # the failed connection attempts left no kafka-python network threads behind
-    wait_until(
+    wait_for(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("kafka-io")],
         5,
         "kafka-python threads to end",
@@ -293,16 +286,16 @@ def test_broker_down_mid_stream_loses_nothing(tmp_path: Path) -> None:
 
         source = make_source(broker, store, max_poll_records=200, on_result=slow_down)
         with running(source):
-            wait_until(lambda: sum(counts(store).values()) >= 1500, 20, "a first part")
+            wait_for(lambda: sum(counts(store).values()) >= 1500, 20, "a first part")
             broker.stop()
             stored_at_kill = sum(counts(store).values())
-            wait_until(lambda: not source.up, 10, "the source to notice")
+            wait_for(lambda: not source.up, 10, "the source to notice")
             went_down.set()
             time.sleep(1.0)
             broker.start()
             broker.create_topics({"verdicts": 2, "provenance": 1})
             produce(broker, events)  # the producer re-sends everything; ids dedupe
-            wait_until(lambda: counts(store) == expected, 45, "all events after the outage")
+            wait_for(lambda: counts(store) == expected, 45, "all events after the outage")
             assert source.up
         assert stored_at_kill < sum(expected.values())
         assert store.rejected_count() == 0
@@ -331,21 +324,21 @@ def test_two_replicas_split_verdicts_and_share_provenance(
                 pa, pb = verdict_partitions(a), verdict_partitions(b)
                 return bool(pa) and bool(pb) and not pa & pb and pa | pb == {0, 1, 2, 3}
 
-            wait_until(split, 30, "the group to split the verdict partitions")
+            wait_for(split, 30, "the group to split the verdict partitions")
             produce(broker, verdicts)
 
             def both_done() -> bool:
                 ca, cb = counts(store_a), counts(store_b)
                 return ca.get("verdict", 0) + cb.get("verdict", 0) == len(verdicts)
 
-            wait_until(both_done, 20, "all verdicts across the replicas")
+            wait_for(both_done, 20, "all verdicts across the replicas")
 
             def has_all_provenance(store: EventStore) -> bool:
                 lineage = {k: v for k, v in counts(store).items() if k != "verdict"}
                 return lineage == expected_counts(provenance)
 
             for store in (store_a, store_b):
-                wait_until(
+                wait_for(
                     functools.partial(has_all_provenance, store), 10, "provenance on every replica"
                 )
             ids_a = {e.id for e in store_a.events(["verdict"])}
@@ -362,7 +355,7 @@ def test_two_replicas_split_verdicts_and_share_provenance(
             with EventStore(tmp_path / "single.db") as store_single:
                 single = make_source(broker, store_single, group_id="single")
                 with running(single):
-                    wait_until(
+                    wait_for(
                         lambda: counts(store_single) == expected_counts(provenance + verdicts),
                         30,
                         "a single replica to read everything",
@@ -373,11 +366,9 @@ def test_two_replicas_split_verdicts_and_share_provenance(
 
             # B leaves: A takes B's partitions over and replays them from the start of the log
             stop_b.set()
-            wait_until(lambda: counts(store_a).get("verdict", 0) == len(verdicts), 30, "takeover")
+            wait_for(lambda: counts(store_a).get("verdict", 0) == len(verdicts), 30, "takeover")
             # Tansu may rebalance once more when B's session expires; the group settles on A
-            wait_until(
-                lambda: verdict_partitions(a) == {0, 1, 2, 3}, 30, "A owning every partition"
-            )
+            wait_for(lambda: verdict_partitions(a) == {0, 1, 2, 3}, 30, "A owning every partition")
             assert not stop_a.is_set()
 
 
@@ -437,14 +428,14 @@ def test_kill_9_mid_stream_counts_every_event_once(
     kills = 0
     try:
         for threshold in (12_000, 40_000, 70_000):
-            wait_until(functools.partial(stored_at_least, threshold), 60, f"{threshold} stored")
+            wait_for(functools.partial(stored_at_least, threshold), 60, f"{threshold} stored")
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
             kills += 1
             process = spawn()
         producer.join(timeout=60)
         expected = len(provenance) + len(verdicts) + len(bad)
-        wait_until(lambda: stored() == expected, 90, "every message stored once")
+        wait_for(lambda: stored() == expected, 90, "every message stored once")
         time.sleep(1.0)  # anything more would be a double count
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
