@@ -14,7 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
-from prefleak.models.events import EventError, to_record
+from prefleak.models.events import EventError, complete, validate
 from prefleak.store import AppendResult, Batch, EventStore, Rejection, StoredEvent, prepare
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -37,24 +37,24 @@ def read_message(
             source, location, raw, f"message of {len(raw)} bytes exceeds the limit of {max_bytes}"
         )
     try:
-        return prepare(to_record(raw, location=location, received_at=received_at))
+        return prepare(complete(validate(raw), received_at=received_at), raw.strip(), location)
     except EventError as exc:
         return Rejection(source, location, raw, str(exc))
 
 
 def read_lines(
     lines: list[bytes], first_number: int, source: str, max_bytes: int, received_at: datetime
-) -> list[StoredEvent | Rejection]:
-    """Validate a chunk of JSONL lines (numbered from ``first_number``); blank lines are skipped.
+) -> Batch:
+    """Validate a chunk of JSONL lines (numbered from ``first_number``) into one batch.
 
-    Blank lines carry nothing and are not rejected; every other line ends stored, duplicate or
+    Blank lines carry nothing and are skipped; every other line ends stored, duplicate or
     rejected with its reason. Module-level so a worker process can run it.
     """
-    out: list[StoredEvent | Rejection] = []
+    batch = Batch(source=source)
     for number, line in enumerate(lines, start=first_number):
         raw = line.rstrip(b"\r\n")
         if raw and not raw.isspace():
-            out.append(
+            batch.add(
                 read_message(
                     raw,
                     source=source,
@@ -63,7 +63,7 @@ def read_lines(
                     received_at=received_at,
                 )
             )
-    return out
+    return batch
 
 
 class Ingestor:
@@ -97,10 +97,7 @@ class Ingestor:
         """Ingest newline-delimited JSON; locations are 1-based line numbers."""
         total = AppendResult()
 
-        def store(items: list[StoredEvent | Rejection]) -> None:
-            batch = Batch(source=source)
-            for item in items:
-                batch.add(item)
+        def store(batch: Batch) -> None:
             result = self.store.append(batch)
             total.add(result)
             if on_batch is not None:
@@ -114,7 +111,7 @@ class Ingestor:
         # fork: the CLI is single-threaded here, and a fork starts in milliseconds
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
-            pending: deque[Future[list[StoredEvent | Rejection]]] = deque()
+            pending: deque[Future[Batch]] = deque()
             for chunk in chunks:
                 pending.append(pool.submit(read_lines, *chunk))
                 if len(pending) > self.workers:  # bounded read-ahead keeps memory flat

@@ -8,7 +8,6 @@ its canonical content, so re-ingesting the same file is a no-op.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -168,20 +167,6 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A validated event ready to store: ``id`` and ``ts`` filled in, and the JSON as received.
-
-    Keeping the sender's bytes (not a re-serialisation) makes ingest cheap and the log exactly
-    what was sent; replay validates them again, which gives the same event.
-    """
-
-    event: Event
-    body: bytes
-    location: str = ""
-    """Where the message came from within its source (line, offset), for error reports."""
-
-
 def _content(event: Event, *, with_ts: bool) -> bytes:
     """Canonical content: fields in schema order, no nulls, never the id."""
     exclude = {"id"} if with_ts else {"id", "ts"}
@@ -232,11 +217,6 @@ def complete(event: Event, *, received_at: datetime | None = None) -> Event:
     if event.ts is None:
         updates["ts"] = received_at or datetime.now(UTC)
     return event.model_copy(update=updates) if updates else event
-
-
-def to_record(raw: bytes, *, location: str = "", received_at: datetime | None = None) -> Record:
-    """Validate one message and complete it into a storable record."""
-    return Record(complete(validate(raw), received_at=received_at), raw.strip(), location)
 
 
 def parse_event(raw: bytes | str, *, received_at: datetime | None = None) -> Event:
