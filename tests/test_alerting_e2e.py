@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -21,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,52 @@ NO_DATA_PANELS = {
 PROCESS_ENV = {
     "PREFLEAK_RECOMPUTE__INTERVAL_S": "1",
     "PREFLEAK_PLS__BOOTSTRAP": "200",
+    # The diversity report every second (default 300 s), lexical only (no model download), with
+    # fewer resamples and permutations so that it is ready within seconds.
+    "PREFLEAK_DIVERSITY__INTERVAL_S": "1",
+    "PREFLEAK_DIVERSITY__EMBEDDINGS": "off",
+    "PREFLEAK_DIVERSITY__RESAMPLES": "20",
+    "PREFLEAK_DIVERSITY__PERMUTATIONS": "100",
 }
+SAMPLES_PER_DATASET = 300
+"""More than diversity.reference_size (200), so each dataset has a drift window beyond it."""
+DIVERSITY_DATASETS = {"e2e-eval": "eval", "e2e-production": "production"}
+
+
+def sample_events(seed: int = 7) -> list[dict[str, Any]]:
+    """Declared eval and production datasets and their samples, the last few minutes in ``ts``.
+
+    Texts are random draws from a small vocabulary; half of the production samples are eval
+    samples with a few words changed (covered), the other half fresh draws (mostly uncovered).
+    """
+    rng = random.Random(seed)
+    stems = ("alpha", "beta", "gamma", "delta", "model", "answer", "prompt", "story")
+    suffixes = ("", "s", "ed", "ing", "er", "ly", "ful", "ness", "ion", "ish")
+    words = [stem + suffix for stem in stems for suffix in suffixes]
+
+    def text() -> str:
+        return " ".join(rng.choices(words, k=rng.randint(12, 30)))
+
+    events: list[dict[str, Any]] = [
+        {"type": "dataset", "dataset": name, "generator": None, "role": role}
+        for name, role in DIVERSITY_DATASETS.items()
+    ]
+    evals = [text() for _ in range(SAMPLES_PER_DATASET)]
+    production = []
+    for index, item in enumerate(evals):
+        if index % 2:
+            production.append(text())
+        else:
+            tokens = item.split()
+            for _ in range(3):
+                tokens[rng.randrange(len(tokens))] = rng.choice(words)
+            production.append(" ".join(tokens))
+    now = time.time()
+    for name, texts in zip(DIVERSITY_DATASETS, (evals, production), strict=True):
+        for index, sample in enumerate(texts):
+            ts = datetime.fromtimestamp(now - len(texts) + index, UTC).isoformat()
+            events.append({"type": "sample", "dataset": name, "ts": ts, "text": sample})
+    return events
 
 
 def free_port() -> int:
@@ -194,9 +241,10 @@ class Stack:
         for url in (f"http://127.0.0.1:{am_port}/-/ready", f"{self.prometheus_url}/-/ready"):
             wait_for(ready(url), 30, f"{url}\n{self.logs()}")
 
-    def feed(self, scenario: Scenario) -> int:
-        """POST the scenario's events as NDJSON in chunks; returns how many were accepted."""
-        events = list(simulate(scenario))
+    def feed(self, scenario: Scenario | list[dict[str, Any]]) -> int:
+        """POST the scenario's (or the given) events as NDJSON in chunks; returns how many were
+        accepted."""
+        events = list(simulate(scenario)) if isinstance(scenario, Scenario) else scenario
         accepted = 0
         for start in range(0, len(events), CHUNK_EVENTS):
             body = b"".join(
@@ -299,6 +347,9 @@ def test_leaking_stream_pages_and_dashboard_has_data(stack: Callable[[], Stack])
     running = stack()
     began = time.monotonic()
     assert running.feed(Scenario(prompts_per_benchmark=200, seed=1)) > 0
+    # Samples of an eval and a production dataset, for the diversity and coverage panels.
+    samples = sample_events()
+    assert running.feed(samples) == len(samples)
     delivered = wait_for(
         lambda: running.webhook.alerts(LEAKAGE_ALERT),
         DELIVERY_TIMEOUT_S - (time.monotonic() - began),
@@ -317,6 +368,14 @@ def test_leaking_stream_pages_and_dashboard_has_data(stack: Callable[[], Stack])
 
     # Two-sample rates need a few scrapes after the stream; 1m covers the whole test.
     time.sleep(3)
+    wait_for(
+        lambda: (
+            running.query("prefleak_diversity_drift_pvalue")
+            and running.query("prefleak_eval_coverage_ratio")
+        ),
+        30,
+        f"diversity report in Prometheus\n{running.logs()}",
+    )
     empty = [
         (title, ref, expr)
         for title, ref, expr in panel_queries(load_dashboard(), {"__rate_interval": "1m"})

@@ -84,11 +84,11 @@ def test_committed_json_is_generated() -> None:
 
 
 def test_identity_matches_alert_links() -> None:
-    """The uid and slug the alerts' dashboard_url points at, and the three variables."""
+    """The uid and slug the alerts' dashboard_url points at, and the four variables."""
     board = load_dashboard()
     assert GRAFANA_BASE.endswith(f"/d/{board['uid']}/{board['title']}")
     names = [variable["name"] for variable in board["templating"]["list"]]
-    assert names == ["datasource", "benchmark", "judge"]
+    assert names == ["datasource", "benchmark", "judge", "dataset"]
 
 
 def test_every_panel_has_title_unit_and_queries() -> None:

@@ -7,9 +7,8 @@ JSON differs from what this script prints, so never edit the JSON by hand; run::
 
     python deploy/grafana/build_dashboard.py --out deploy/grafana/dashboards/prefleak.json
 
-Left out on purpose (no metric yet; later issues add them): judge position/length bias panels,
-the diversity row (prefleak_diversity_*, prefleak_eval_coverage_ratio) and the probes row
-(prefleak_probe_*). See docs/alerts.md, "Dashboard".
+Left out on purpose (no metric yet; later issues add them): judge position/length bias panels
+and the probes row (prefleak_probe_*). See docs/alerts.md, "Dashboard".
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ TITLE = "prefleak"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 PLS_LABELS = "benchmark, judge_i, judge_j, student_i, student_j, relation_i, relation_j"
 VERDICTS = 'benchmark=~"$benchmark", judge=~"$judge"'
+DATASET = 'dataset=~"$dataset"'
 
 
 def query(
@@ -159,11 +159,15 @@ def overview_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | 
         graph(
             "Data freshness",
             "s",
-            "Seconds since the last successful recompute, since the last accepted event, and "
-            "since the event time of the newest stored event.",
+            "Seconds since the last successful recompute, since the last accepted event, "
+            "since the event time of the newest stored event, and since the last diversity "
+            "report (every diversity.interval_s, 300 s by default).",
             query("time() - prefleak_last_recompute_timestamp_seconds", "since recompute", "A"),
             query("time() - prefleak_last_ingest_timestamp_seconds", "since last accepted", "B"),
             query("time() - prefleak_last_event_timestamp_seconds", "event-time lag", "C"),
+            query(
+                "time() - prefleak_diversity_last_timestamp_seconds", "since diversity report", "D"
+            ),
         ),
         graph(
             "Recompute duration",
@@ -300,15 +304,75 @@ def judge_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | tab
     ]
 
 
-def variables() -> list[dashboard.DatasourceVariable | dashboard.QueryVariable]:
-    """Data source, benchmark and judge; the alerts link here with var-benchmark / var-judge."""
+def diversity_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | table.Panel]:
+    """Diversity of the sampled datasets, their drift, and how well eval sets cover production."""
+    return [
+        graph(
+            "Distinct n-grams per dataset",
+            "percentunit",
+            "Distinct n-grams over all n-grams of each dataset's sample (distinct-1, -2, -3). "
+            "Falling: fewer distinct phrasings. PrefleakDiversityCollapse watches distinct-2.",
+            query(f"prefleak_diversity_distinct_ratio{{{DATASET}}}", "{{dataset}} distinct-{{n}}"),
+        ),
+        graph(
+            "Compression ratio per dataset",
+            "percentunit",
+            "DEFLATE-compressed over raw size of each dataset's joined sample texts; lower is "
+            "more repetitive.",
+            query(f"prefleak_diversity_compression_ratio{{{DATASET}}}", "{{dataset}}"),
+        ),
+        graph(
+            "Drift p-value per dataset",
+            "none",
+            "Permutation p-value of the MMD test of each dataset's latest window against its "
+            "earliest samples; below 0.01 the data shifted (absent until a window beyond the "
+            "reference exists).",
+            query(f"prefleak_diversity_drift_pvalue{{{DATASET}}}", "{{dataset}}"),
+        ),
+        graph(
+            "Eval coverage of production data",
+            "percentunit",
+            "Share of a production dataset's samples whose nearest eval sample is within the "
+            "coverage threshold, per (eval, production) pair; PrefleakEvalCoverageLow fires "
+            "below 50 %.",
+            query(
+                '(prefleak_eval_coverage_ratio{eval=~"$dataset"}'
+                ' or prefleak_eval_coverage_ratio{production=~"$dataset"})',
+                "{{eval}} → {{production}}",
+            ),
+        ),
+        graph(
+            "Artifact shares per dataset",
+            "percentunit",
+            "Share of each dataset's samples that are empty, truncated, refusals, prompt "
+            "echoes, exact or near duplicates.",
+            query(f"prefleak_diversity_artifact_ratio{{{DATASET}}}", "{{dataset}} {{kind}}"),
+        ),
+        graph(
+            "Samples per dataset",
+            "short",
+            "Samples each dataset's measures rest on (the bounded sample, at most "
+            "diversity.sample_size), by role (training, eval, production).",
+            query(
+                f"sum by (dataset, role) (prefleak_diversity_samples{{{DATASET}}})",
+                "{{dataset}} ({{role}})",
+            ),
+        ),
+    ]
 
-    def label_values(name: str, label: str, selector: str) -> dashboard.QueryVariable:
+
+def variables() -> list[dashboard.DatasourceVariable | dashboard.QueryVariable]:
+    """Data source, benchmark, judge and dataset; the alerts link here with var-benchmark,
+    var-judge and var-dataset."""
+
+    def label_values(
+        name: str, label: str, selector: str, metric: str = "prefleak_verdict_comparisons_total"
+    ) -> dashboard.QueryVariable:
         return (
             dashboard.QueryVariable(name)
             .label(label)
             .datasource(DATASOURCE)
-            .query(f"label_values(prefleak_verdict_comparisons_total{selector}, {name})")
+            .query(f"label_values({metric}{selector}, {name})")
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(VariableSort.ALPHABETICAL_ASC)
             .multi(True)
@@ -321,6 +385,7 @@ def variables() -> list[dashboard.DatasourceVariable | dashboard.QueryVariable]:
         dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         label_values("benchmark", "Benchmark", ""),
         label_values("judge", "Judge", '{benchmark=~"$benchmark"}'),
+        label_values("dataset", "Dataset", "", "prefleak_diversity_samples"),
     ]
 
 
@@ -343,6 +408,7 @@ def build() -> dict[str, object]:
         ("Overview", overview_panels()),
         ("Leakage", leakage_panels()),
         ("Judges", judge_panels()),
+        ("Diversity and coverage", diversity_panels()),
     ]
     for title, panels in rows:
         board = board.with_row(dashboard.Row(title))
