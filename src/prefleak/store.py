@@ -474,10 +474,26 @@ class EventStore:
         """Datasets with stored samples, each with the event time of its newest stored sample."""
         return dict(self._db.execute("SELECT dataset, max(ts) FROM samples GROUP BY dataset"))
 
+    def sample_windows(self, dataset: str, limit: int) -> list[int]:
+        """Starts of the newest ``limit`` windows with stored samples of a dataset, oldest first."""
+        rows = self._db.execute(
+            "SELECT DISTINCT window_start FROM samples WHERE dataset = ?"
+            " ORDER BY window_start DESC LIMIT ?",
+            (dataset, limit),
+        )
+        return sorted(start for (start,) in rows)
+
     def samples(
-        self, dataset: str, limit: int, *, since: float | None = None, earliest: bool = False
+        self,
+        dataset: str,
+        limit: int,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        earliest: bool = False,
     ) -> list[Sample]:
-        """Up to ``limit`` stored samples of a dataset, from windows starting at ``since`` on.
+        """Up to ``limit`` stored samples of a dataset, from windows starting at ``since`` on and
+        ending by ``until`` (the windows these times fall in, and the one ``until`` falls in not).
 
         By default the lowest priorities: the uniform bottom-k sample (exact for any ``limit`` up
         to the capacity). ``earliest`` orders by event time instead (ties by priority).
@@ -485,8 +501,14 @@ class EventStore:
         order = "ts, priority" if earliest else "priority, id"
         rows = self._db.execute(
             "SELECT id, ts, priority, text, prompt, label, model FROM samples"
-            f" WHERE dataset = ? AND window_start >= ? ORDER BY {order} LIMIT ?",
-            (dataset, window_start(since) if since is not None else -(2**62), limit),
+            " WHERE dataset = ? AND window_start >= ? AND window_start < ?"
+            f" ORDER BY {order} LIMIT ?",
+            (
+                dataset,
+                window_start(since) if since is not None else -(2**62),
+                window_start(until) if until is not None else 2**62,
+                limit,
+            ),
         )
         return [Sample._make(row) for row in rows]
 

@@ -141,6 +141,8 @@ class DiversitySettings(_Section):
     """Drift reference: a dataset's earliest stored samples by event time."""
     window_days: int = Field(default=1, ge=1)
     """Drift compares the dataset's latest window of this many days with its reference."""
+    max_windows: int = Field(default=30, ge=0)
+    """Measured one by one: the newest this many stored windows (UTC days) of each dataset."""
     resamples: int = Field(default=100, ge=0)
     """Half-samples behind each interval; 0 turns intervals off."""
     permutations: int = Field(default=500, ge=0)

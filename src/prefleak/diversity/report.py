@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -41,8 +41,17 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """One stored window (UTC day) of a dataset: its start and its bottom-k sample."""
+
+    start: float
+    samples: tuple[Sample, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DatasetSamples:
-    """What the store holds of one dataset: its sample, drift reference and latest window."""
+    """What the store holds of one dataset: its sample, drift reference and latest window, and
+    its newest windows one by one (oldest first)."""
 
     dataset: str
     role: Role
@@ -51,6 +60,7 @@ class DatasetSamples:
     reference: tuple[Sample, ...]
     current: tuple[Sample, ...]
     window_start: float
+    windows: tuple[Window, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +92,22 @@ class Drift:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowRow:
+    """The measures of one window's sample."""
+
+    start: float
+    n_samples: int
+    metrics: dict[str, Estimate]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": _iso(self.start),
+            "n_samples": self.n_samples,
+            "metrics": estimates_json(self.metrics),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class DatasetRow:
     dataset: str
     role: Role
@@ -92,6 +118,8 @@ class DatasetRow:
     artifacts: dict[str, float]
     drift: Drift | None
     notes: tuple[str, ...] = ()
+    windows: tuple[WindowRow, ...] = ()
+    """The newest ``max_windows`` windows, oldest first."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +132,7 @@ class DatasetRow:
             "metrics": estimates_json(self.metrics),
             "artifacts": {kind: round(share, 6) for kind, share in self.artifacts.items()},
             "drift": None if self.drift is None else self.drift.to_json(),
+            "windows": [window.to_json() for window in self.windows],
             "notes": list(self.notes),
         }
 
@@ -191,6 +220,12 @@ def load_inputs(
         since = newest - (settings.window_days - 1) * WINDOW_S
         latest = store.samples(dataset, settings.sample_size + len(known), since=since)
         event = declared.get(dataset)
+        windows = []
+        for start in store.sample_windows(dataset, settings.max_windows):
+            found = store.samples(
+                dataset, settings.sample_size, since=start, until=start + WINDOW_S
+            )
+            windows.append(Window(float(start), tuple(found)))
         inputs.append(
             DatasetSamples(
                 dataset=dataset,
@@ -200,6 +235,7 @@ def load_inputs(
                 reference=tuple(reference),
                 current=tuple(s for s in latest if s.id not in known)[: settings.sample_size],
                 window_start=float(since // WINDOW_S * WINDOW_S),
+                windows=tuple(windows),
             )
         )
     return inputs, provenance
@@ -236,7 +272,13 @@ class DiversityAnalyzer:
         rows = []
         for item in inputs:
             generation = found.get(item.dataset)
-            rows.append(self._cached(("row", item, generation), self._row, item, generation))
+            whole = replace(item, windows=())  # windows are measured and cached one by one
+            row = self._cached(("row", whole, generation), self._row, whole, generation)
+            windows = tuple(
+                self._cached(("window", item.dataset, window), self._window, item.dataset, window)
+                for window in item.windows
+            )
+            rows.append(replace(row, windows=windows))
         coverage_rows = [
             self._cached(("coverage", e, p), self._coverage, e, p)
             for e in by_role["eval"]
@@ -302,6 +344,14 @@ class DiversityAnalyzer:
             drift=drift,
             notes=tuple(notes),
         )
+
+    def _window(self, dataset: str, window: Window) -> WindowRow:
+        """One window's measures: only windows whose samples changed are measured again."""
+        metrics: dict[str, Estimate] = {}
+        for view in self._measure(window.samples):
+            rng = self._rng("window", dataset, window.start)
+            metrics.update(estimate(view, self.settings.resamples, rng))
+        return WindowRow(window.start, len(window.samples), dict(sorted(metrics.items())))
 
     def _drift(self, item: DatasetSamples) -> Drift:
         """Compared at equal size: distinct-n and the Vendi score depend on the sample size."""
