@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from prefleak import __version__
-from prefleak.config import default_db
+from prefleak.config import add_db_option, default_db
 from prefleak.daemon.commands import register as register_daemon
 from prefleak.diversity.commands import register as register_diversity
 from prefleak.ingest import Ingestor, open_lines
@@ -48,16 +48,6 @@ Event schema: docs/events.md. Relatedness rules: docs/relatedness.md. PLS: docs/
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the examples' layout and shows every default."""
-
-
-def _db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="SQLite event store (default: $PREFLEAK_DB, else ./prefleak.db)",
-    )
 
 
 def _store(args: argparse.Namespace) -> EventStore:
@@ -359,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "error in the dead-letter table (`prefleak rejected`) and ingestion goes on.\n\n"
         "example:\n  prefleak simulate | prefleak ingest -",
     )
-    _db_option(ingest)
+    add_db_option(ingest)
     ingest.add_argument("files", nargs="+", metavar="FILE", help="JSONL file, or - for stdin")
     ingest.add_argument(
         "--max-line-bytes",
@@ -389,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         "~9 %, unrelated ~3 % in the paper.\n\n"
         "example:\n  prefleak report --benchmark alpacaeval --json | jq '.pls[0]'",
     )
-    _db_option(report)
+    add_db_option(report)
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--benchmark", metavar="B", help="only this benchmark")
     report.add_argument(
@@ -415,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Show what the store holds.",
         "Events by type, rejected messages, the newest event time and stored source offsets.",
     )
-    _db_option(status)
+    add_db_option(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     rejected = command(
@@ -424,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "List dead-lettered messages, newest first, with their errors.",
         "Every message that failed validation is kept here with its source and location.",
     )
-    _db_option(rejected)
+    add_db_option(rejected)
     rejected.add_argument("--limit", type=int, default=50, metavar="N", help="0 for all")
     rejected.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -434,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Recompute every projection from the event log.",
         "Safe at any time: events are the truth and projections are derived from them.",
     )
-    _db_option(rebuild)
+    add_db_option(rebuild)
 
     sim = command(
         "simulate",

@@ -6,6 +6,7 @@ config/prefleak.example.yaml shows them all with their defaults.
 
 from __future__ import annotations
 
+import argparse
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -35,6 +36,17 @@ SECRET_MARKERS = ("password", "secret", "token", "key")
 def default_db() -> Path:
     """The database a command uses when given no ``--db``: ``$PREFLEAK_DB``, else ./prefleak.db."""
     return Path(os.environ.get("PREFLEAK_DB") or DEFAULT_DB)
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--db`` option of the commands that read or write the store (see :func:`default_db`)."""
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="SQLite event store (default: $PREFLEAK_DB, else ./prefleak.db)",
+    )
 
 
 class ConfigError(ValueError):

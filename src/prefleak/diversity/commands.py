@@ -11,10 +11,9 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefleak.config import DiversitySettings, default_db
+from prefleak.config import DiversitySettings, add_db_option, default_db
 from prefleak.store import EventStore
 
 if TYPE_CHECKING:  # the analysis (numpy, scipy) loads only when the command runs
@@ -49,13 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description=f"{summary}\n\n{_DETAILS}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--db",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="SQLite event store (default: $PREFLEAK_DB, else ./prefleak.db)",
-    )
+    add_db_option(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--embeddings",
