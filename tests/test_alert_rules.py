@@ -1,8 +1,8 @@
 """Prometheus rules of deploy/prometheus: valid, unit-tested, documented, on real metric names.
 
 promtool checks syntax and runs the rule unit tests in deploy/prometheus/tests; the Python checks
-catch what promtool cannot: an alert without runbook, a runbook anchor missing from
-docs/alerts.md, or a rule on a metric that prefleak does not export (which would never fire).
+catch what promtool cannot: an alert without a runbook in docs/runbooks/, or a rule on a metric
+that prefleak does not export (which would never fire).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ RULE_TESTS = {ALERTS: PROM / "tests" / "prefleak-alerts.test.yml"}
 PLANNED_TESTS = PROM / "tests" / "planned-alerts.test.yml"
 DOCS = ROOT / "docs" / "alerts.md"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-RUNBOOK_BASE = "https://github.com/prefleak/prefleak/blob/main/docs/alerts.md#"
+RUNBOOKS = ROOT / "docs" / "runbooks"
+RUNBOOK_BASE = "https://github.com/prefleak/prefleak/blob/main/docs/runbooks/"
 GRAFANA_BASE = "http://grafana.example/d/prefleak-overview/prefleak"
 PROMTOOL_HINT = "apt-get install -y prometheus"
 
@@ -188,7 +189,7 @@ def test_alerts_are_complete(path: Path) -> None:
         assert "for" in rule, f"{name}: no 'for', it would flap"
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, name
-        assert annotations["runbook_url"] == RUNBOOK_BASE + name.lower(), name
+        assert annotations["runbook_url"] == f"{RUNBOOK_BASE}{name}.md", name
         assert annotations["dashboard_url"].startswith(GRAFANA_BASE), name
         assert (
             "$value" in annotations["description"]
@@ -197,29 +198,37 @@ def test_alerts_are_complete(path: Path) -> None:
         ), f"{name}: description should show the value"
 
 
-def test_runbook_anchors_exist() -> None:
-    """Every runbook_url lands on a section of docs/alerts.md."""
-    anchors = github_anchors(DOCS.read_text(encoding="utf-8"))
-    for path in (ALERTS, PLANNED):
-        for rule in load_rules(path):
-            if "alert" in rule:
-                anchor = rule["annotations"]["runbook_url"].removeprefix(RUNBOOK_BASE)
-                assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in {DOCS}"
+def alert_rules(path: Path) -> list[dict[str, Any]]:
+    return [rule for rule in load_rules(path) if "alert" in rule]
 
 
-def test_planned_alerts_are_marked_in_docs() -> None:
-    """Planned alerts are listed under their own heading, each saying which metric it waits for."""
+def test_every_alert_has_a_runbook() -> None:
+    """docs/runbooks/<AlertName>.md: meaning, how to confirm and act; linked from docs/alerts.md."""
     docs = DOCS.read_text(encoding="utf-8")
-    planned_part = docs.split("## Planned alerts", 1)[1]
-    for rule in load_rules(PLANNED):
-        if "alert" in rule:
-            section = planned_part.split(f"### {rule['alert']}", 1)[1].split("\n### ", 1)[0]
-            assert "Waits for" in section, rule["alert"]
-            for metric in metric_names(rule["expr"]):
-                assert f"`{metric}`" in section, (rule["alert"], metric)
-    for rule in load_rules(ALERTS):
-        if "alert" in rule:
-            assert f"### {rule['alert']}" not in planned_part, rule["alert"]
+    alerts = alert_rules(ALERTS) + alert_rules(PLANNED)
+    names = {rule["alert"] for rule in alerts}
+    assert {path.stem for path in RUNBOOKS.glob("*.md")} == names, "a runbook without an alert"
+    for name in names:
+        runbook = (RUNBOOKS / f"{name}.md").read_text(encoding="utf-8")
+        assert runbook.startswith(f"# {name}\n"), name
+        assert "**Runbook" in runbook, name
+        assert f"](runbooks/{name}.md)" in docs, f"{name}: not linked from {DOCS}"
+    for rule in alert_rules(ALERTS):
+        runbook = (RUNBOOKS / f"{rule['alert']}.md").read_text(encoding="utf-8")
+        for part in ("**Meaning.**", "**Runbook.**", "**Silencing.**"):
+            assert part in runbook, (rule["alert"], part)
+
+
+def test_planned_alerts_are_marked() -> None:
+    """A planned alert's runbook says so and names the metric it waits for."""
+    for rule in alert_rules(PLANNED):
+        runbook = (RUNBOOKS / f"{rule['alert']}.md").read_text(encoding="utf-8")
+        assert "Planned:" in runbook and "Waits for" in runbook, rule["alert"]
+        for metric in metric_names(rule["expr"]):
+            assert f"`{metric}`" in runbook, (rule["alert"], metric)
+    for rule in alert_rules(ALERTS):
+        runbook = (RUNBOOKS / f"{rule['alert']}.md").read_text(encoding="utf-8")
+        assert "Planned:" not in runbook, rule["alert"]
 
 
 def test_rules_use_known_metrics() -> None:
