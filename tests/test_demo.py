@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,18 @@ def test_demo_runs_finds_leakage_and_stops(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert '"verdict"' in report.stdout
+
+
+def test_demo_on_a_taken_port_fails_with_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "prefleak", "demo", "--db", str(tmp_path / "d.db"),
+             "--port", str(port), "--duration", "5"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "prefleak: demo stopped: prefleak serve exited with code 1" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -316,8 +316,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         return run_demo(options)
-    except BrokerUnavailable as exc:
-        print(f"prefleak: {exc}", file=sys.stderr)
+    except (BrokerUnavailable, RuntimeError, TimeoutError) as exc:
+        print(f"prefleak: demo stopped: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 
