@@ -359,7 +359,7 @@ def test_leaking_stream_pages_and_dashboard_has_data(stack: Callable[[], Stack])
     for path, alert in delivered:
         severity = alert["labels"]["severity"]
         assert path == ("/prefleak-pager" if severity == "critical" else "/prefleak-chat")
-        assert alert["annotations"]["runbook_url"].endswith("#prefleakleakagedetected")
+        assert alert["annotations"]["runbook_url"].endswith("/runbooks/PrefleakLeakageDetected.md")
         assert re.search(r"\d+(\.\d+)?%", alert["annotations"]["description"]), alert
         # Significance, not the point estimate: the row's lower bound was above 5 %.
         row = {k: v for k, v in alert["labels"].items() if k not in ("alertname", "severity")}
