@@ -28,7 +28,8 @@ def test_summary_names_the_strongest_significant_row() -> None:
     ]  # fmt: skip
     line = summary_line(status, {"pls": rows})
     assert line == (
-        "90 events stored, 100 ingested since start, 5 dead letters; 1 of 2 PLS rows "
+        "100 events ingested since start (90 stored at the last recompute), 5 dead letters; "
+        "1 of 2 PLS rows "
         "significant; strongest: x vs y on b PLS 20.0% [10.0, 30.0]"
     )
 

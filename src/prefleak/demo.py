@@ -71,7 +71,7 @@ def summary_line(status: dict[str, Any], pls: dict[str, Any] | None) -> str:
     rows = [] if pls is None else [r for r in pls["pls"] if r["pls"] is not None]
     significant = [r for r in rows if r["ci_low"] is not None and r["ci_low"] > 0]
     line = (
-        f"{events:,} events stored, {ingested:,} ingested since start, "
+        f"{ingested:,} events ingested since start ({events:,} stored at the last recompute), "
         f"{store.get('dead_letters', 0)} dead letters; "
         f"{len(significant)} of {len(rows)} PLS rows significant"
     )
