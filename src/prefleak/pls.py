@@ -36,13 +36,21 @@ class WinRates:
     ji: float
 
 
+def _formula(
+    ii: npt.ArrayLike, ij: npt.ArrayLike, jj: npt.ArrayLike, ji: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """The paper's PLS, elementwise; NaN where an average win rate is zero (undefined)."""
+    ii, ij, jj, ji = (np.asarray(x, dtype=np.float64) for x in (ii, ij, jj, ji))
+    avg_i, avg_j = (ii + ij) / 2, (jj + ji) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = ((ii - avg_i) / avg_i + (jj - avg_j) / avg_j) / 2
+    return np.where((avg_i > 0) & (avg_j > 0), score, np.nan)
+
+
 def preference_leakage_score(wr: WinRates) -> float | None:
     """The paper's PLS; ``None`` when an average win rate is zero (the score is undefined)."""
-    avg_i = (wr.ii + wr.ij) / 2
-    avg_j = (wr.jj + wr.ji) / 2
-    if avg_i <= 0 or avg_j <= 0:
-        return None
-    return ((wr.ii - avg_i) / avg_i + (wr.jj - avg_j) / avg_j) / 2
+    score = float(_formula(wr.ii, wr.ij, wr.jj, wr.ji))
+    return None if np.isnan(score) else score
 
 
 Outcomes = tuple[int, int, int]
@@ -106,12 +114,7 @@ def _pls_many(
         "jj": _rate(by_j[..., 1], by_j[..., 0], by_j[..., 2], policy),
         "ij": _rate(by_j[..., 0], by_j[..., 1], by_j[..., 2], policy),
     }
-    avg_i = (rates["ii"] + rates["ij"]) / 2
-    avg_j = (rates["jj"] + rates["ji"]) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        score = ((rates["ii"] - avg_i) / avg_i + (rates["jj"] - avg_j) / avg_j) / 2
-    score = np.where((avg_i > 0) & (avg_j > 0), score, np.nan)
-    return score, rates
+    return _formula(rates["ii"], rates["ij"], rates["jj"], rates["ji"]), rates
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 from prefleak.models.events import DatasetEvent, ModelEvent, TrainingEvent
 
-ProvenanceEvent = ModelEvent | DatasetEvent | TrainingEvent
-
 
 @dataclass(frozen=True, slots=True)
 class Generation:

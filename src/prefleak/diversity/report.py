@@ -245,10 +245,6 @@ def _key(*parts: object) -> bytes:
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()
 
 
-def _ids(samples: Sequence[Sample]) -> tuple[str, ...]:
-    return tuple(s.id for s in samples)
-
-
 def _texts(samples: Sequence[Sample]) -> list[str]:
     return [s.text for s in samples]
 

@@ -21,8 +21,6 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
-
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 """Identifiers of models, datasets, benchmarks, prompts and events."""
 
