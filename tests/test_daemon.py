@@ -34,6 +34,7 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import parse_object
 from prefleak.report import PLSRow
 from prefleak.simulate import Scenario, simulate
+from prefleak.stats.cells import Cells
 from prefleak.store import VerdictCounts
 from services import require_binary, wait_for
 
@@ -484,7 +485,7 @@ def _counts(
     game2: tuple[int, int, int] = (0, 0, 0),
     prompt: str = "p1",
 ) -> VerdictCounts:
-    return VerdictCounts(benchmark, judge, lo, hi, prompt, *no_game, *game1, *game2)
+    return VerdictCounts(0, benchmark, judge, lo, hi, prompt, *no_game, *game1, *game2)
 
 
 def test_verdict_labels_are_bounded_by_configuration() -> None:
@@ -498,7 +499,7 @@ def test_verdict_labels_are_bounded_by_configuration() -> None:
         _counts("other-bench", "gen-c", "stu-a", "stu-c", (1, 0, 1)),
     ]
     bounds = MetricsSettings(top_pairs=1, judges=["gen-b"])
-    series, named = verdict_series(rows, lineage, bounds)
+    series, named = verdict_series(Cells.from_rows(rows), lineage, bounds)
     assert len(named) == 1
     labels = {
         (s.benchmark, s.judge, s.candidate, s.relation): (s.wins, s.comparisons) for s in series
@@ -511,7 +512,7 @@ def test_verdict_labels_are_bounded_by_configuration() -> None:
     assert sum(w for w, _ in labels.values()) == 8 + 2 + 3 + 7 + 1 + 0
     # Once named, a pair stays named even when another overtakes it.
     overtaken = [*rows, _counts("bench", "gen-b", "stu-a", "stu-b", (0, 50, 0), prompt="p2")]
-    _, still = verdict_series(overtaken, lineage, bounds, named)
+    _, still = verdict_series(Cells.from_rows(overtaken), lineage, bounds, named)
     assert still == named
 
 

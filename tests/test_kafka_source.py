@@ -36,6 +36,7 @@ from prefleak.consumers.kafka import KafkaSource, produce_events, verdict_key
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.report import PLSRow, pls_table
+from prefleak.stats.cells import Cells
 from prefleak.store import AppendResult, EventStore
 from services import wait_for
 
@@ -126,7 +127,7 @@ def running(source: KafkaSource) -> Iterator[threading.Event]:
 
 def pls_rows(store: EventStore) -> list[PLSRow]:
     lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-    return pls_table(store.verdict_counts(), lineage, n_bootstrap=50, min_prompts=1)
+    return pls_table(Cells.from_rows(store.verdict_rows()), lineage, n_bootstrap=50, min_prompts=1)
 
 
 def make_source(broker: TansuBroker, store: EventStore, **kwargs: Any) -> KafkaSource:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_reingest_is_a_no_op(store: EventStore) -> None:
     assert (first.accepted, first.duplicate) == (3, 0)
     assert (second.accepted, second.duplicate, second.rejected) == (0, 3, 0)
     assert store.event_counts() == {"model": 1, "verdict": 2}
-    assert sorted(store.verdict_counts()) == [
+    assert sorted((row[1:15]) for row in store.verdict_counts()) == [
         ("b", "j", "m1", "m2", "p1", 0, 1, 0, 0, 0, 0, 0, 0, 0),
         ("b", "j", "m1", "m2", "p2", 0, 0, 1, 0, 0, 0, 0, 0, 0),
     ]
@@ -143,3 +144,45 @@ def test_worker_process_gives_the_same_store(tmp_path: Path) -> None:
     assert [(r.location, r.error) for r in serial.rejections()] == [
         (r.location, r.error) for r in parallel.rejections()
     ]
+
+
+def test_position_length_category_and_window_are_projected(store: EventStore) -> None:
+    lines = _lines(
+        [
+            # model_a is m2 (hi): first="a" shows hi first; a win for "a" is a hi win
+            _verdict("p", "a", first="a", len_a=99, len_b=49, category="c1",
+                     ts="2026-11-20T08:15:00Z"),
+            _verdict("p", "b", first="b", len_a=99, len_b=49, track="t",
+                     ts="2026-11-20T08:45:00Z"),
+            _verdict("p", "tie", ts="2026-11-20T09:01:00Z"),
+        ]
+    )  # fmt: skip
+    Ingestor(store).ingest_lines(lines, source="f")
+    early, late = sorted(store.verdict_counts())
+    assert early.window_start == 1795161600 and late.window_start == early.window_start + 3600
+    assert (early.hi_first_hi_wins, early.lo_first_lo_wins) == (1, 1)
+    assert early.hi_first_lo_wins == early.lo_first_hi_wins == 0
+    assert early.length_n == 2
+    assert early.length_log_ratio_sum == pytest.approx(2 * math.log(50 / 100))
+    assert (early.category, early.track) == ("c1", "t")
+    assert (late.ties, late.length_n, late.category) == (1, 0, None)
+    assert [r.prompt_id for r in store.verdict_counts(windows=[late.window_start])] == ["p"]
+    assert store.verdict_counts(since=late.window_start + 10) == [late]
+    windows, newest = store.verdict_windows_since(0)
+    assert windows == {early.window_start, late.window_start} and newest == 3
+    assert store.verdict_windows_since(newest) == (set(), newest)
+
+
+def test_a_store_of_an_older_projection_layout_is_rebuilt_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with EventStore(path) as store:
+        Ingestor(store).ingest_lines(_lines([_verdict("p1"), _verdict("p2")]), source="f")
+        expected = store.projection_dump()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE verdict_counts")
+    db.execute("CREATE TABLE verdict_counts (benchmark TEXT, judge TEXT)")  # an old layout
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with EventStore(path) as store:
+        assert store.projection_dump() == expected

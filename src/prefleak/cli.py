@@ -25,6 +25,7 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TIE_POLICIES
 from prefleak.report import PLSRow, pls_table
+from prefleak.stats.cells import Cells
 from prefleak.store import AppendResult, EventStore, StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -182,7 +183,7 @@ def _render_table(rows: Sequence[PLSRow]) -> str:
 def _cmd_report(args: argparse.Namespace) -> int:
     with _store(args) as store:
         rows = pls_table(
-            store.verdict_counts(args.benchmark),
+            Cells.from_rows(store.verdict_rows(args.benchmark)),
             load_lineage(store),
             ties=args.ties,
             n_bootstrap=args.bootstrap,

@@ -57,26 +57,30 @@ Outcomes = tuple[int, int, int]
 """Wins of one candidate, wins of the other, ties."""
 
 
-def combine_games(loose: Outcomes, game_1: Outcomes, game_2: Outcomes) -> Outcomes:
-    """Comparisons of one prompt from its verdicts without a game and in games 1 and 2.
+def both_games(loose: Counts, game_1: Counts, game_2: Counts) -> Counts:
+    """Comparisons of each prompt from its verdicts without a game and in games 1 and 2.
 
+    Rows are prompts (or projection cells), columns (wins of one candidate, of the other, ties).
     When both position-swapped games are present they form one comparison that a side wins only
     if every game verdict agrees, and otherwise a tie (the Arena-Hard convention). Verdicts that
     name no game, or a game whose twin is missing, count one comparison each.
     """
-    lo, hi, ties = loose
-    if any(game_1) and any(game_2):
-        played = sum(game_1) + sum(game_2)
-        if game_1[0] + game_2[0] == played:
-            lo += 1
-        elif game_1[1] + game_2[1] == played:
-            hi += 1
-        else:
-            ties += 1
-    else:
-        lo += game_1[0] + game_2[0]
-        hi += game_1[1] + game_2[1]
-        ties += game_1[2] + game_2[2]
+    played_1, played_2 = game_1.sum(axis=1), game_2.sum(axis=1)
+    played = played_1 + played_2
+    first_all = game_1[:, 0] + game_2[:, 0] == played
+    second_all = game_1[:, 1] + game_2[:, 1] == played
+    combined = np.stack(
+        [first_all, second_all & ~first_all, ~first_all & ~second_all], axis=1
+    ).astype(np.float64)
+    paired = (played_1 > 0) & (played_2 > 0)
+    return np.asarray(loose + np.where(paired[:, None], combined, game_1 + game_2))
+
+
+def combine_games(loose: Outcomes, game_1: Outcomes, game_2: Outcomes) -> Outcomes:
+    """:func:`both_games` of one prompt."""
+    lo, hi, ties = (
+        int(v) for v in both_games(*(np.array([g], float) for g in (loose, game_1, game_2)))[0]
+    )
     return lo, hi, ties
 
 
@@ -127,6 +131,8 @@ class PLSEstimate:
     n_prompts: int
     win_rates: WinRates | None
     undefined: str | None = None
+    se: float | None = None
+    """Standard deviation of the bootstrap PLS: what significance and detectability use."""
 
 
 def estimate_pls(
@@ -170,7 +176,8 @@ def estimate_pls(
         return PLSEstimate(float(score), None, None, n_prompts, win_rates)
     alpha = (1 - confidence) / 2
     low, high = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
-    return PLSEstimate(float(score), low, high, n_prompts, win_rates)
+    se = float(boot.std(ddof=1)) if boot.size > 1 else None
+    return PLSEstimate(float(score), low, high, n_prompts, win_rates, se=se)
 
 
 _RESAMPLE_CELLS = 1 << 21

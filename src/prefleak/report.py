@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,17 +20,13 @@ from prefleak.pls import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_MIN_PROMPTS,
     Counts,
-    Outcomes,
+    PLSEstimate,
     TiePolicy,
     WinRates,
-    combine_games,
     estimate_pls,
     win_rate,
 )
-from prefleak.store import VerdictCounts
-
-_PromptOutcomes = dict[str, Outcomes]
-"""prompt → (lo wins, hi wins, ties) of one judge, both-games rule applied."""
+from prefleak.stats.cells import Cells, IntArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +59,7 @@ class PLSRow:
     win_rates: WinRates | None
     undefined: str | None
     human: HumanBias | None
+    se: float | None = None
 
     @property
     def significant(self) -> bool:
@@ -73,28 +70,13 @@ class PLSRow:
         return asdict(self)
 
 
-def _group(
-    rows: Iterable[VerdictCounts],
-) -> dict[tuple[str, str, str], dict[str, _PromptOutcomes]]:
-    """(benchmark, lo, hi) → judge → prompt → (lo wins, hi wins, ties)."""
-    grouped: dict[tuple[str, str, str], dict[str, _PromptOutcomes]] = defaultdict(
-        lambda: defaultdict(dict)
-    )
-    for row in rows:
-        grouped[(row.benchmark, row.model_lo, row.model_hi)][row.judge][row.prompt_id] = (
-            combine_games(*row.games())
-        )
-    return grouped
-
-
-def _counts(by_prompt: _PromptOutcomes, prompts: list[str], student_i_is_lo: bool) -> Counts:
-    """Per-prompt (S_i wins, S_j wins, ties) of one judge, aligned to ``prompts``."""
-    out = np.zeros((len(prompts), 3))
-    for row, prompt in enumerate(prompts):
-        outcome = by_prompt.get(prompt)
-        if outcome is not None:
-            lo, hi, ties = outcome
-            out[row] = (lo, hi, ties) if student_i_is_lo else (hi, lo, ties)
+def _per_prompt(cells: Cells, rows: IntArray, prompts: IntArray, i_is_lo: bool) -> Counts:
+    """(S_i wins, S_j wins, ties) of the given cells summed per prompt, aligned to ``prompts``."""
+    out = np.zeros((prompts.size, 3))
+    outcomes = cells.outcomes[rows]
+    if not i_is_lo:
+        outcomes = outcomes[:, [1, 0, 2]]
+    np.add.at(out, np.searchsorted(prompts, cells.prompt[rows]), outcomes)
     return out
 
 
@@ -120,8 +102,28 @@ def _seed(*parts: str) -> int:
     return zlib.crc32("\x1f".join(parts).encode())
 
 
+def _comparisons(cells: Cells) -> Iterator[tuple[str, str, str, dict[str, IntArray]]]:
+    """(benchmark, lo, hi, judge → its cells' indices) for every compared pair."""
+    order = np.lexsort((cells.judge, cells.hi, cells.lo, cells.benchmark))
+    keys = np.stack([cells.benchmark, cells.lo, cells.hi], axis=1)[order]
+    starts = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
+    for rows in np.split(order, starts):
+        if rows.size == 0:
+            continue
+        first = rows[0]
+        by_judge: dict[str, list[int]] = defaultdict(list)
+        for row, judge in zip(rows.tolist(), cells.judge[rows].tolist(), strict=True):
+            by_judge[cells.models[judge]].append(row)
+        yield (
+            cells.benchmarks[cells.benchmark[first]],
+            cells.models[cells.lo[first]],
+            cells.models[cells.hi[first]],
+            {judge: np.array(found) for judge, found in by_judge.items()},
+        )
+
+
 def pls_table(
-    rows: Iterable[VerdictCounts],
+    cells: Cells,
     lineage: Lineage,
     *,
     ties: TiePolicy = "loss",
@@ -130,7 +132,7 @@ def pls_table(
 ) -> list[PLSRow]:
     """Every qualifying quadruple with its PLS, CI and (where humans judged) error bias."""
     table: list[PLSRow] = []
-    for (benchmark, lo, hi), by_judge in _group(rows).items():
+    for benchmark, lo, hi, by_judge in _comparisons(cells):
         humans = sorted(j for j in by_judge if lineage.is_human(j))
         machines = sorted(j for j in by_judge if not lineage.is_human(j))
         for a, x in enumerate(machines):
@@ -139,11 +141,11 @@ def pls_table(
                 if assigned is None:
                     continue
                 i, j, s_i, s_j, rel_i, rel_j = assigned
-                prompts = sorted(by_judge[i].keys() | by_judge[j].keys())
                 i_is_lo = s_i == lo
+                prompts = np.unique(cells.prompt[np.concatenate([by_judge[i], by_judge[j]])])
                 estimate = estimate_pls(
-                    _counts(by_judge[i], prompts, i_is_lo),
-                    _counts(by_judge[j], prompts, i_is_lo),
+                    _per_prompt(cells, by_judge[i], prompts, i_is_lo),
+                    _per_prompt(cells, by_judge[j], prompts, i_is_lo),
                     ties=ties,
                     n_bootstrap=n_bootstrap,
                     min_prompts=min_prompts,
@@ -166,7 +168,8 @@ def pls_table(
                         n_prompts=estimate.n_prompts,
                         win_rates=estimate.win_rates,
                         undefined=estimate.undefined,
-                        human=_human_bias(by_judge, humans, i_is_lo, estimate.win_rates, ties),
+                        human=_human_bias(cells, by_judge, humans, i_is_lo, estimate, ties),
+                        se=estimate.se,
                     )
                 )
     table.sort(key=lambda r: (r.benchmark, r.judge_i, r.judge_j, r.student_i, r.student_j))
@@ -174,22 +177,20 @@ def pls_table(
 
 
 def _human_bias(
-    by_judge: dict[str, _PromptOutcomes],
+    cells: Cells,
+    by_judge: dict[str, IntArray],
     humans: list[str],
     student_i_is_lo: bool,
-    rates: WinRates | None,
+    estimate: PLSEstimate,
     ties: TiePolicy,
 ) -> HumanBias | None:
     """Error bias of each related judge against the pooled human verdicts on the same pair."""
     if not humans:
         return None
-    pooled = np.zeros((0, 3))
-    n_prompts = 0
-    for human in humans:
-        prompts = sorted(by_judge[human])
-        n_prompts += len(prompts)
-        pooled = np.vstack([pooled, _counts(by_judge[human], prompts, student_i_is_lo)])
+    rows = np.concatenate([by_judge[human] for human in humans])
+    pooled = _per_prompt(cells, rows, np.unique(cells.prompt[rows]), student_i_is_lo)
     human_i, human_j = win_rate(pooled, "i", ties), win_rate(pooled, "j", ties)
+    rates = estimate.win_rates
 
     def bias(judge_rate: float | None, human_rate: float) -> float | None:
         if judge_rate is None or np.isnan(human_rate):
@@ -198,7 +199,7 @@ def _human_bias(
 
     return HumanBias(
         judges=tuple(humans),
-        n_prompts=n_prompts,
+        n_prompts=int(pooled.shape[0]),
         error_bias_i=bias(rates.ii if rates else None, human_i),
         error_bias_j=bias(rates.jj if rates else None, human_j),
     )

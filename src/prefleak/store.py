@@ -7,10 +7,11 @@ Projections are derived data: :meth:`EventStore.rebuild` recomputes them from th
 
 from __future__ import annotations
 
+import logging
+import math
 import sqlite3
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from prefleak.models.events import (
     same_content,
     validate,
 )
+
+log = logging.getLogger(__name__)
 
 RAW_KEEP_BYTES = 64 * 1024
 """How much of a rejected message is kept; the rest is cut (its full size is recorded)."""
@@ -62,8 +65,12 @@ CREATE TABLE IF NOT EXISTS offsets (
 ) WITHOUT ROWID;
 """
 
+PROJECTION_WINDOW_S = 3600
+"""Event-time granularity of the verdict projection: statistics windows are multiples of it."""
+
 _VERDICT_COUNTS = """
 CREATE TABLE IF NOT EXISTS verdict_counts (
+    window_start INTEGER NOT NULL,
     benchmark TEXT NOT NULL,
     judge TEXT NOT NULL,
     model_lo TEXT NOT NULL,
@@ -78,7 +85,17 @@ CREATE TABLE IF NOT EXISTS verdict_counts (
     game2_lo_wins INTEGER NOT NULL,
     game2_hi_wins INTEGER NOT NULL,
     game2_ties INTEGER NOT NULL,
-    PRIMARY KEY (benchmark, judge, model_lo, model_hi, prompt_id)
+    lo_first_lo_wins INTEGER NOT NULL,
+    lo_first_hi_wins INTEGER NOT NULL,
+    lo_first_ties INTEGER NOT NULL,
+    hi_first_lo_wins INTEGER NOT NULL,
+    hi_first_hi_wins INTEGER NOT NULL,
+    hi_first_ties INTEGER NOT NULL,
+    length_n INTEGER NOT NULL,
+    length_log_ratio_sum REAL NOT NULL,
+    category TEXT,
+    track TEXT,
+    PRIMARY KEY (window_start, benchmark, judge, model_lo, model_hi, prompt_id)
 ) WITHOUT ROWID
 """
 _SAMPLES = """
@@ -99,26 +116,41 @@ _PROJECTIONS = (_VERDICT_COUNTS, _SAMPLES)
 """One statement each: ``executescript`` would commit the open transaction of a rebuild."""
 PROJECTION_TABLES = ("verdict_counts", "samples")
 
+PROJECTION_VERSION = 2
+"""Bumped whenever a projection's layout changes; a store of another version rebuilds them."""
+
+_KEY_COLUMNS = ("window_start", "benchmark", "judge", "model_lo", "model_hi", "prompt_id")
 _COUNT_COLUMNS = (
     "lo_wins", "hi_wins", "ties",
     "game1_lo_wins", "game1_hi_wins", "game1_ties",
     "game2_lo_wins", "game2_hi_wins", "game2_ties",
+    "lo_first_lo_wins", "lo_first_hi_wins", "lo_first_ties",
+    "hi_first_lo_wins", "hi_first_hi_wins", "hi_first_ties",
+    "length_n", "length_log_ratio_sum",
 )  # fmt: skip
+_N_COUNTS = 15
+"""Outcome counters among the count columns; the length sums follow them."""
 _UPSERT_COUNTS = (
-    f"INSERT INTO verdict_counts VALUES ({', '.join('?' * 14)})"
-    " ON CONFLICT (benchmark, judge, model_lo, model_hi, prompt_id) DO UPDATE SET "
+    f"INSERT INTO verdict_counts VALUES ({', '.join('?' * 25)})"
+    f" ON CONFLICT ({', '.join(_KEY_COLUMNS)}) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNT_COLUMNS)
+    + ", category = coalesce(excluded.category, category)"
+    + ", track = coalesce(excluded.track, track)"
 )
 
 
 class VerdictCounts(NamedTuple):
-    """One projection row: how one judge ruled on one candidate pair on one prompt.
+    """One projection row: how one judge ruled on one candidate pair on one prompt in one hour.
 
     Candidates are in canonical order (``model_lo < model_hi``) so both orders of a comparison
     land on one row. Verdicts that name no game are counted in the first three columns; the two
     position-swapped games in their own, so the both-games rule can be applied when reading.
+    Verdicts that say which response was shown ``first`` are counted once more by position, and
+    those with both lengths add ``ln((len_lo + 1) / (len_hi + 1))`` to the length sum.
+    ``category`` and ``track`` are the latest ones the cell's verdicts named.
     """
 
+    window_start: int
     benchmark: str
     judge: str
     model_lo: str
@@ -133,17 +165,40 @@ class VerdictCounts(NamedTuple):
     game2_lo_wins: int
     game2_hi_wins: int
     game2_ties: int
+    lo_first_lo_wins: int = 0
+    lo_first_hi_wins: int = 0
+    lo_first_ties: int = 0
+    hi_first_lo_wins: int = 0
+    hi_first_hi_wins: int = 0
+    hi_first_ties: int = 0
+    length_n: int = 0
+    length_log_ratio_sum: float = 0.0
+    category: str | None = None
+    track: str | None = None
 
     def games(self) -> tuple[Outcomes, Outcomes, Outcomes]:
         """(lo wins, hi wins, ties) without a game, in game 1 and in game 2."""
-        return self[5:8], self[8:11], self[11:14]
+        return self[6:9], self[9:12], self[12:15]
 
 
 Outcomes = tuple[int, int, int]
 """Lower-sorted candidate's wins, higher-sorted candidate's wins, ties."""
 
-CountKey = tuple[str, str, str, str, str]
-"""benchmark, judge, model_lo, model_hi, prompt_id."""
+CountKey = tuple[int, str, str, str, str, str]
+"""window_start, benchmark, judge, model_lo, model_hi, prompt_id."""
+
+
+class Cell(NamedTuple):
+    """What one verdict adds to the ``verdict_counts`` projection."""
+
+    key: CountKey
+    outcome: int
+    """Index of the outcome counter (no game, game 1 or game 2) it adds one to."""
+    position: int
+    """Index of the by-position counter it adds one to; -1 when ``first`` is not given."""
+    length_log_ratio: float | None
+    category: str | None
+    track: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +273,29 @@ class StoredRejection:
     raw_size: int
 
 
-def count_key(verdict: VerdictEvent) -> tuple[CountKey, int]:
-    """Projection key of one verdict and which of the nine count columns it adds one to."""
+def projection_window(ts: float) -> int:
+    """Start (Unix seconds) of the projection window an event time falls in."""
+    return int(ts // PROJECTION_WINDOW_S) * PROJECTION_WINDOW_S
+
+
+def verdict_cell(verdict: VerdictEvent, ts: float) -> Cell:
+    """The projection row of one verdict and the counters it adds to."""
     a_is_lo = verdict.model_a < verdict.model_b
     lo, hi = (verdict.model_a, verdict.model_b) if a_is_lo else (verdict.model_b, verdict.model_a)
     outcome = 2 if verdict.winner == "tie" else 0 if (verdict.winner == "a") == a_is_lo else 1
-    column = 3 * (verdict.game or 0) + outcome
-    return (verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id), column
+    position = -1
+    if verdict.first is not None:
+        lo_first = (verdict.first == "a") == a_is_lo
+        position = 9 + (0 if lo_first else 3) + outcome
+    length = None
+    if verdict.len_a is not None and verdict.len_b is not None:
+        len_lo, len_hi = (
+            (verdict.len_a, verdict.len_b) if a_is_lo else (verdict.len_b, verdict.len_a)
+        )
+        length = math.log((len_lo + 1) / (len_hi + 1))
+    key = (projection_window(ts), verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id)
+    return Cell(key, 3 * (verdict.game or 0) + outcome, position, length, verdict.category,
+                verdict.track)  # fmt: skip
 
 
 SampleRow = tuple[str, int, int, str, float, str, str | None, str | None, str | None]
@@ -247,8 +318,8 @@ class StoredEvent(NamedTuple):
     ts: float
     body: bytes
     location: str
-    cell: tuple[CountKey, int] | None = None
-    """For a verdict: its ``verdict_counts`` row and count column."""
+    cell: Cell | None = None
+    """For a verdict: what it adds to ``verdict_counts``."""
     sample: SampleRow | None = None
     """For a sample: its ``samples`` row."""
 
@@ -260,7 +331,7 @@ def prepare(event: Event, body: bytes, location: str = "") -> StoredEvent:
     ts = event.ts.timestamp()
     cell = sample = None
     if isinstance(event, VerdictEvent):
-        cell = count_key(event)
+        cell = verdict_cell(event, ts)
     elif isinstance(event, SampleEvent):
         sample = (event.dataset, window_start(ts), priority(event.id), event.id, ts,
                   event.text, event.prompt, event.label, event.model)  # fmt: skip
@@ -268,14 +339,27 @@ def prepare(event: Event, body: bytes, location: str = "") -> StoredEvent:
     return _new_tuple(StoredEvent, (event.id, event.type, ts, body, location, cell, sample))
 
 
-def _project(events: Iterable[StoredEvent]) -> list[tuple[str | int, ...]]:
+def _project(events: Iterable[StoredEvent]) -> list[tuple[str | int | float | None, ...]]:
     """Aggregate a batch's verdicts so each projection row is written once."""
-    sums: dict[CountKey, list[int]] = defaultdict(lambda: [0] * 9)
+    sums: dict[CountKey, list[Any]] = {}
     for event in events:
-        if event.cell is not None:
-            key, column = event.cell
-            sums[key][column] += 1
-    return [(*key, *counts) for key, counts in sums.items()]
+        cell = event.cell
+        if cell is None:
+            continue
+        row = sums.get(cell.key)
+        if row is None:
+            row = sums[cell.key] = [0] * (_N_COUNTS + 1) + [0.0, None, None]
+        row[cell.outcome] += 1
+        if cell.position >= 0:
+            row[cell.position] += 1
+        if cell.length_log_ratio is not None:
+            row[_N_COUNTS] += 1
+            row[_N_COUNTS + 1] += cell.length_log_ratio
+        if cell.category is not None:
+            row[_N_COUNTS + 2] = cell.category
+        if cell.track is not None:
+            row[_N_COUNTS + 3] = cell.track
+    return [(*key, *row) for key, row in sums.items()]
 
 
 _TRIM_SAMPLES = (
@@ -318,11 +402,25 @@ class EventStore:
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db.executescript(_SCHEMA)
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
             for statement in _PROJECTIONS:
                 self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open event store {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        if version != PROJECTION_VERSION:
+            self._upgrade_projections(version)
+
+    def _upgrade_projections(self, version: int) -> None:
+        """Lay out the projections as this version expects; derived data, so replay the log."""
+        (stored,) = self._db.execute("SELECT count(*) FROM events").fetchone()
+        if stored:
+            log.warning(
+                "projections of %s are of layout %d, this prefleak uses %d: rebuilding them from "
+                "%d stored events (once)", self.path, version, PROJECTION_VERSION, stored,
+            )  # fmt: skip
+        self.rebuild()
+        self._db.execute(f"PRAGMA user_version = {PROJECTION_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -461,14 +559,54 @@ class EventStore:
         for body, event_id, ts in self._db.execute(sql + " ORDER BY seq", wanted):
             yield _restore(body, event_id, ts)
 
-    def verdict_counts(self, benchmark: str | None = None) -> list[VerdictCounts]:
-        """Rows of the verdict projection, optionally of one benchmark."""
-        sql = "SELECT * FROM verdict_counts"
-        if benchmark is None:
-            cursor = self._db.execute(sql)
-        else:
-            cursor = self._db.execute(sql + " WHERE benchmark = ?", (benchmark,))
-        return [VerdictCounts._make(row) for row in cursor]
+    def verdict_rows(
+        self,
+        benchmark: str | None = None,
+        *,
+        since: float | None = None,
+        windows: Iterable[int] | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of the verdict projection as plain tuples (the columns of
+        :class:`VerdictCounts`): optionally of one benchmark, of the projection windows that
+        start at ``since`` or later, or of the given projection windows only."""
+        sql = "SELECT * FROM verdict_counts WHERE 1"
+        params: list[Any] = []
+        if benchmark is not None:
+            sql += " AND benchmark = ?"
+            params.append(benchmark)
+        if since is not None:
+            sql += " AND window_start >= ?"
+            params.append(projection_window(since))
+        if windows is not None:
+            starts = sorted(set(windows))
+            sql += f" AND window_start IN ({','.join('?' * len(starts))})"
+            params.extend(starts)
+        yield from self._db.execute(sql, params)
+
+    def verdict_counts(
+        self,
+        benchmark: str | None = None,
+        *,
+        since: float | None = None,
+        windows: Iterable[int] | None = None,
+    ) -> list[VerdictCounts]:
+        """:meth:`verdict_rows` as named rows."""
+        rows = self.verdict_rows(benchmark, since=since, windows=windows)
+        return [VerdictCounts._make(row) for row in rows]
+
+    def verdict_windows_since(self, seq: int) -> tuple[set[int], int]:
+        """Projection windows that verdicts stored after log position ``seq`` fell in, and the
+        newest log position: what an incremental recompute has to look at again."""
+        starts: set[int] = set()
+        newest = seq
+        rows = self._db.execute(
+            "SELECT seq, ts FROM events WHERE seq > ? AND type = 'verdict'", (seq,)
+        )
+        for row_seq, ts in rows:
+            starts.add(projection_window(ts))
+            newest = max(newest, row_seq)
+        (last,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return starts, max(newest, int(last))
 
     def sample_datasets(self) -> dict[str, float]:
         """Datasets with stored samples, each with the event time of its newest stored sample."""
@@ -515,7 +653,7 @@ class EventStore:
     def projection_dump(self) -> dict[str, list[tuple[object, ...]]]:
         """Every projection table in key order, for comparing a rebuild with the live state."""
         return {
-            table: self._db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5").fetchall()
+            table: self._db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3, 4, 5, 6").fetchall()
             for table in PROJECTION_TABLES
         }
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -31,7 +32,8 @@ from prefleak import __version__
 from prefleak.config import MetricsSettings
 from prefleak.lineage import Lineage
 from prefleak.report import PLSRow
-from prefleak.store import AppendResult, VerdictCounts
+from prefleak.stats.cells import Cells
+from prefleak.store import AppendResult
 
 if TYPE_CHECKING:  # the report's numpy-heavy modules load only when diversity is on
     from prefleak.diversity.report import DiversityReport
@@ -84,7 +86,7 @@ class Snapshot:
 
 
 def verdict_series(
-    rows: Iterable[VerdictCounts],
+    cells: Cells,
     lineage: Lineage,
     bounds: MetricsSettings,
     named: frozenset[Triple] = frozenset(),
@@ -98,13 +100,21 @@ def verdict_series(
     always kept. Returns the series and the triples now named.
     """
     totals: dict[Triple, list[int]] = defaultdict(lambda: [0, 0])
-    for row in rows:
-        lo_wins, hi_wins, ties = (sum(column) for column in zip(*row.games(), strict=True))
-        comparisons = lo_wins + hi_wins + ties
-        for candidate, wins in ((row.model_lo, lo_wins), (row.model_hi, hi_wins)):
-            total = totals[(row.benchmark, row.judge, candidate)]
-            total[0] += wins
-            total[1] += comparisons
+    verdicts_per_cell = cells.verdicts.sum(axis=1)  # every verdict, games included
+    for side, column in ((cells.lo, 0), (cells.hi, 1)):
+        keys = np.stack([cells.benchmark, cells.judge, side], axis=1)
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        won_per_key = np.bincount(inverse, cells.verdicts[:, column], minlength=len(unique))
+        played_per_key = np.bincount(inverse, verdicts_per_cell, minlength=len(unique))
+        for (benchmark, judge, candidate), won, n in zip(
+            unique.tolist(), won_per_key.tolist(), played_per_key.tolist(), strict=True
+        ):
+            total = totals[
+                (cells.benchmarks[benchmark], cells.models[judge], cells.models[candidate])
+            ]
+            total[0] += int(won)
+            total[1] += int(n)
     keep = {triple for triple in named if triple in totals}
     for triple in sorted(totals, key=lambda t: (-totals[t][1], t)):
         if len(keep) >= bounds.top_pairs:

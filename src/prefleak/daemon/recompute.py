@@ -18,6 +18,7 @@ from prefleak.daemon.metrics import Metrics, Snapshot, Triple, verdict_series
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.report import pls_table
+from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
 
 if TYPE_CHECKING:
@@ -97,12 +98,12 @@ class Recomputer:
 
     def _compute(self, started: float) -> Snapshot:
         store, pls = self._store, self._settings.pls
-        rows = store.verdict_counts()
+        cells = Cells.from_rows(store.verdict_rows())
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
         table = pls_table(
-            rows, lineage, ties=pls.ties, n_bootstrap=pls.bootstrap, min_prompts=pls.min_prompts
+            cells, lineage, ties=pls.ties, n_bootstrap=pls.bootstrap, min_prompts=pls.min_prompts
         )
-        verdicts, self._named = verdict_series(rows, lineage, self._settings.metrics, self._named)
+        verdicts, self._named = verdict_series(cells, lineage, self._settings.metrics, self._named)
         events = store.event_counts()
         dead_letters = store.rejected_count()
         newest = store.newest_event_ts()

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from prefleak.diversity.resample import Estimate, proportion_interval
+from prefleak.diversity.resample import proportion_interval
 from prefleak.diversity.text import Tokens, dense_ids, words
+from prefleak.stats.estimate import Estimate
 
 ARTIFACT_KINDS = (
     "empty", "truncated", "refusal", "prompt_echo", "exact_duplicate", "near_duplicate",

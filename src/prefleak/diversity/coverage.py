@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from prefleak.diversity.resample import Estimate, proportion_interval
+from prefleak.diversity.resample import proportion_interval
 from prefleak.diversity.vectors import TfIdf, Vectors, similarity, spherical_kmeans
+from prefleak.stats.estimate import Estimate
 
 EXAMPLE_CHARS = 200
 TERMS = 6

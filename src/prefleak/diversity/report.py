@@ -23,12 +23,13 @@ from prefleak.diversity.cache import RoundCache
 from prefleak.diversity.coverage import Coverage, coverage
 from prefleak.diversity.lexical import LexicalSample
 from prefleak.diversity.lineage import Generation, chains, generations
-from prefleak.diversity.resample import Estimate, compare, estimate, estimates_json
+from prefleak.diversity.resample import compare, estimate, estimates_json
 from prefleak.diversity.sample import WINDOW_S, Sample
 from prefleak.diversity.semantic import EmbeddedSample, ShiftTest, mmd_test
 from prefleak.diversity.vectors import TfIdf, Vectors
 from prefleak.embeddings import Embedder
 from prefleak.models.events import PROVENANCE_TYPES, DatasetEvent
+from prefleak.stats.estimate import Estimate
 from prefleak.store import EventStore
 
 SCHEMA = "prefleak.diversity/1"

@@ -12,35 +12,18 @@ the interval is the full-sample value plus the 2.5 % and 97.5 % quantiles of the
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from prefleak.stats.estimate import Estimate
 
 Mask = NDArray[np.bool_]
 MIN_DRAWS = 20
 """Fewer usable half-samples than this leave the interval undefined."""
 MIN_SIZE = 4
 """Samples smaller than this get no interval: halves of one or two texts say nothing."""
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """A value with its 95 % interval (None where it cannot be had)."""
-
-    value: float
-    ci: tuple[float, float] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "value": _round(self.value),
-            "ci": None if self.ci is None else [_round(self.ci[0]), _round(self.ci[1])],
-        }
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.6g}")
 
 
 class Measurable(Protocol):

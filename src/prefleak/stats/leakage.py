@@ -1,0 +1,443 @@
+"""The leakage model: a paired-comparison fit that sees leakage in any comparison graph (pure).
+
+PLS needs two related students compared head to head by two judges. Real streams compare students
+with shared baselines, and judges have position and length habits of their own. This model fits
+all verdicts at once (docs/statistics.md). For judge J comparing candidates x and y::
+
+    eta = s_x - s_y                                   strengths, shared by all judges
+        + sum_k beta_k * (r_k(J, x) - r_k(J, y))      leakage per relation kind
+        + gamma_J * ([x = J] - [y = J])               self-preference of judge J
+        + pi_J * pos                                  position: +1 x shown first, -1 y first
+        + lambda_J * (ln(len_x + 1) - ln(len_y + 1))  length
+    P(x wins) = sigmoid(eta - tau),  P(y wins) = sigmoid(-eta - tau),  P(tie) = the rest
+
+``r_k(J, x)`` is the share of x's training data behind its relation of kind k to J (or 1 with
+``scale_by_share=False``), from :class:`~prefleak.lineage.Lineage`. Ties get their own threshold
+``tau`` (Rao-Kupper / ordered logit), so a tie is neither a win nor half of one.
+
+Fitted by Fisher scoring on verdict counts grouped by (judge, pair, position, length bin), with a
+weak ridge on strengths so that candidates in separate comparison graphs stay identifiable.
+Intervals come from a one-step prompt bootstrap (the estimating-function bootstrap of Hu and
+Kalbfleisch 2000): each resample re-weights prompts and takes one Fisher step from the full fit,
+so a thousand resamples cost one bootstrap of a linear statistic instead of a thousand fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+
+from prefleak.lineage import Lineage, RelationKind
+from prefleak.stats.cells import Cells, FloatArray, IntArray
+from prefleak.stats.estimate import bootstrap_sums
+
+KINDS: tuple[RelationKind, ...] = (
+    RelationKind.SAME_MODEL,
+    RelationKind.INHERITANCE,
+    RelationKind.SAME_SERIES,
+    RelationKind.SAME_FAMILY,
+)
+STRENGTH_RIDGE = 0.01
+"""Penalty on squared strengths: a N(0, 10²) prior, negligible next to any real evidence."""
+LENGTH_BIN = 0.02
+"""Verdicts whose mean log length ratios differ by less than this share a group."""
+MAX_ITERATIONS = 100
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """One fitted coefficient (log-odds) with its bootstrap draws."""
+
+    name: str
+    value: float
+    draws: FloatArray
+    n_verdicts: int
+    """Verdicts whose covariate for this coefficient is not zero: the evidence behind it."""
+
+
+@dataclass(frozen=True)
+class LeakageFit:
+    """A fitted model: leakage per relation kind, per-judge habits, strengths and tie threshold."""
+
+    kinds: dict[str, Parameter]
+    self_preference: dict[str, Parameter]
+    position: dict[str, Parameter]
+    length: dict[str, Parameter]
+    strengths: dict[str, float]
+    tau: float
+    tau_draws: FloatArray
+    n_verdicts: int
+    n_prompts: int
+    converged: bool
+    comparisons: dict[str, int] = field(default_factory=dict)
+    """Verdicts per candidate, for picking a leaderboard reference."""
+
+    def win_rate(self, x: str, y: str) -> float:
+        """Expected win rate of x against y with no judge habit: wins plus half the ties."""
+        eta = self.strengths[x] - self.strengths[y]
+        return float(_sigmoid(eta - self.tau) + _tie(eta, self.tau) / 2)
+
+
+def effect_pp(log_odds: npt.ArrayLike, tau: npt.ArrayLike) -> FloatArray:
+    """Win-rate points a fully related candidate gains against an equal one (ties are losses).
+
+    ``100 * (sigmoid(beta - tau) - sigmoid(-tau))``: the leakage coefficient on the scale of the
+    paper's win rates.
+    """
+    beta, threshold = np.asarray(log_odds, dtype=np.float64), np.asarray(tau, dtype=np.float64)
+    return np.asarray(100 * (_sigmoid(beta - threshold) - _sigmoid(-threshold)))
+
+
+def _sigmoid(x: npt.ArrayLike) -> FloatArray:
+    return np.asarray(0.5 * (1 + np.tanh(np.asarray(x, dtype=np.float64) / 2)))
+
+
+def _tie(eta: npt.ArrayLike, tau: float) -> FloatArray:
+    return np.maximum(1 - _sigmoid(np.asarray(eta) - tau) - _sigmoid(-np.asarray(eta) - tau), 0)
+
+
+@dataclass(frozen=True)
+class _Observations:
+    """Verdict counts split by known position, with their group of identical covariates."""
+
+    cell: IntArray
+    position: FloatArray
+    counts: FloatArray
+    group: IntArray
+    n_groups: int
+
+
+def _observations(cells: Cells) -> _Observations:
+    """Every cell's verdicts as up to three observations: lo first, hi first, order unknown."""
+    unknown = np.maximum(cells.verdicts - cells.lo_first - cells.hi_first, 0)
+    n = len(cells)
+    index = np.arange(n)
+    cell = np.concatenate([index, index, index])
+    position = np.concatenate([np.ones(n), -np.ones(n), np.zeros(n)])
+    counts = np.concatenate([cells.lo_first, cells.hi_first, unknown])
+    keep = counts.sum(axis=1) > 0
+    cell, position, counts = cell[keep], position[keep], counts[keep]
+    bins = np.round(cells.length[cell] / LENGTH_BIN).astype(np.int64)
+    columns = [cells.judge[cell], cells.lo[cell], cells.hi[cell], position.astype(np.int64), bins]
+    _, group = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    return _Observations(cell, position, counts, group, int(group.max(initial=-1)) + 1)
+
+
+@dataclass
+class _Design:
+    """The model matrix of the groups and what each column means."""
+
+    matrix: sparse.csr_matrix
+    names: list[str]
+    candidates: list[int]
+    kinds: dict[str, int]
+    selves: dict[int, int]
+    positions: dict[int, int]
+    lengths: dict[int, int]
+    support: FloatArray
+    """Per column: verdicts whose covariate is not zero."""
+
+
+def _relations(
+    cells: Cells, lineage: Lineage, scale_by_share: bool
+) -> dict[tuple[int, int], tuple[int, float]]:
+    """(judge, candidate) codes → (index in KINDS, covariate) for every related pair seen."""
+    pairs = set(zip(cells.judge.tolist(), cells.lo.tolist(), strict=True))
+    pairs |= set(zip(cells.judge.tolist(), cells.hi.tolist(), strict=True))
+    found: dict[tuple[int, int], tuple[int, float]] = {}
+    for judge, candidate in pairs:
+        if judge == candidate:
+            continue  # self-preference has its own term
+        relation = lineage.relation(cells.models[judge], cells.models[candidate])
+        if relation.related:
+            found[(judge, candidate)] = (
+                KINDS.index(relation.kind),
+                relation.share if scale_by_share else 1.0,
+            )
+    return found
+
+
+def _design(
+    cells: Cells,
+    obs: _Observations,
+    lineage: Lineage,
+    *,
+    scale_by_share: bool,
+    relation_terms: bool,
+) -> _Design:
+    n_groups = obs.n_groups
+    first = np.zeros(n_groups, dtype=np.int64)
+    first[obs.group] = np.arange(obs.group.size)  # one observation standing for its group
+    cell = obs.cell[first]
+    judge, lo, hi = cells.judge[cell], cells.lo[cell], cells.hi[cell]
+    position = obs.position[first]
+    weight = obs.counts.sum(axis=1)
+    n_in_group = np.bincount(obs.group, weights=weight, minlength=n_groups)
+    length = np.bincount(obs.group, weights=weight * cells.length[obs.cell], minlength=n_groups)
+    length = np.divide(length, n_in_group, out=np.zeros(n_groups), where=n_in_group > 0)
+    has_length = (
+        np.bincount(obs.group, weights=cells.has_length[obs.cell] * weight, minlength=n_groups) > 0
+    )
+
+    rows: list[IntArray] = []
+    cols: list[IntArray] = []
+    values: list[FloatArray] = []
+    names: list[str] = []
+
+    def add_column(name: str, group_rows: IntArray, column_values: FloatArray) -> int | None:
+        nonzero = column_values != 0
+        if not nonzero.any():
+            return None
+        index = len(names)
+        names.append(name)
+        rows.append(group_rows[nonzero])
+        cols.append(np.full(int(nonzero.sum()), index))
+        values.append(column_values[nonzero])
+        return index
+
+    all_rows = np.arange(n_groups)
+    candidates = sorted(set(lo.tolist()) | set(hi.tolist()))
+    for candidate in candidates:
+        add_column(
+            f"strength:{cells.models[candidate]}",
+            all_rows,
+            (lo == candidate).astype(np.float64) - (hi == candidate),
+        )
+    kinds: dict[str, int] = {}
+    selves: dict[int, int] = {}
+    if relation_terms:
+        related = _relations(cells, lineage, scale_by_share)
+        covariates = np.zeros((n_groups, len(KINDS)))
+        for side, sign in ((lo, 1.0), (hi, -1.0)):
+            for g, (j, c) in enumerate(zip(judge.tolist(), side.tolist(), strict=True)):
+                hit = related.get((j, c))
+                if hit is not None:
+                    covariates[g, hit[0]] += sign * hit[1]
+        for k, kind in enumerate(KINDS):
+            index = add_column(f"leakage:{kind.value}", all_rows, covariates[:, k])
+            if index is not None:
+                kinds[kind.value] = index
+        for j in sorted(set(judge.tolist())):
+            mine = judge == j
+            index = add_column(
+                f"self:{cells.models[j]}",
+                all_rows[mine],
+                (lo[mine] == j).astype(np.float64) - (hi[mine] == j),
+            )
+            if index is not None:
+                selves[j] = index
+    positions: dict[int, int] = {}
+    lengths: dict[int, int] = {}
+    for j in sorted(set(judge.tolist())):
+        mine = judge == j
+        index = add_column(f"position:{cells.models[j]}", all_rows[mine], position[mine])
+        if index is not None:
+            positions[j] = index
+        mine_length = mine & has_length
+        index = add_column(f"length:{cells.models[j]}", all_rows[mine_length], length[mine_length])
+        if index is not None:
+            lengths[j] = index
+    matrix = sparse.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_groups, len(names)),
+    )
+    support = np.asarray(abs(matrix).T @ n_in_group).ravel()
+    return _Design(matrix, names, candidates, kinds, selves, positions, lengths, support)
+
+
+def _probabilities(eta: FloatArray, tau: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+    p_lo, p_hi = _sigmoid(eta - tau), _sigmoid(-eta - tau)
+    return p_lo, p_hi, np.maximum(1 - p_lo - p_hi, 1e-12)
+
+
+def _log_likelihood(counts: FloatArray, eta: FloatArray, tau: float) -> float:
+    p_lo, p_hi, p_tie = _probabilities(eta, tau)
+    probabilities = np.stack([p_lo, p_hi, p_tie], axis=1)
+    return float((counts * np.log(np.maximum(probabilities, 1e-300))).sum())
+
+
+def _scores(
+    counts: FloatArray, eta: FloatArray, tau: float
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per row: d loglik / d eta, d loglik / d log tau, and the three Fisher weights.
+
+    The weights are the expected information of one verdict for (eta, eta), (eta, log tau) and
+    (log tau, log tau); times the row's verdicts they make the information matrix.
+    """
+    p_lo, p_hi, p_tie = _probabilities(eta, tau)
+    d_lo, d_hi = p_lo * (1 - p_lo), p_hi * (1 - p_hi)
+    # derivatives of (p_lo, p_hi, p_tie) by eta and by log tau
+    by_eta = (d_lo, -d_hi, d_hi - d_lo)
+    by_t = (-d_lo * tau, -d_hi * tau, (d_lo + d_hi) * tau)
+    probabilities = (p_lo, p_hi, p_tie)
+    score_eta = sum(counts[:, o] * by_eta[o] / probabilities[o] for o in range(3))
+    score_t = sum(counts[:, o] * by_t[o] / probabilities[o] for o in range(3))
+    w_ee = sum(by_eta[o] ** 2 / probabilities[o] for o in range(3))
+    w_et = sum(by_eta[o] * by_t[o] / probabilities[o] for o in range(3))
+    w_tt = sum(by_t[o] ** 2 / probabilities[o] for o in range(3))
+    return (
+        np.asarray(score_eta),
+        np.asarray(score_t),
+        np.asarray(w_ee),
+        np.asarray(w_et),
+        np.asarray(w_tt),
+    )
+
+
+@dataclass
+class _Solution:
+    beta: FloatArray
+    log_tau: float | None
+    information_inverse: FloatArray
+    converged: bool
+
+
+def _fit(design: _Design, group_counts: FloatArray, with_ties: bool) -> _Solution:
+    """Fisher scoring with step halving; ``log_tau`` is None when no verdict was a tie."""
+    x = design.matrix
+    n_params = x.shape[1]
+    ridge = np.zeros(n_params)
+    ridge[: len(design.candidates)] = STRENGTH_RIDGE
+    beta = np.zeros(n_params)
+    log_tau = np.log(0.3) if with_ties else None
+    n = group_counts.sum(axis=1)
+
+    def objective(b: FloatArray, t: float | None) -> float:
+        tau = 0.0 if t is None else float(np.exp(t))
+        return _log_likelihood(group_counts, x @ b, tau) - float(ridge @ b**2) / 2
+
+    current = objective(beta, log_tau)
+    converged = False
+    information = np.eye(n_params + 1)
+    for _ in range(MAX_ITERATIONS):
+        tau = 0.0 if log_tau is None else float(np.exp(log_tau))
+        score_eta, score_t, w_ee, w_et, w_tt = _scores(group_counts, x @ beta, tau)
+        gradient = np.append(x.T @ score_eta - ridge * beta, score_t.sum())
+        information = np.zeros((n_params + 1, n_params + 1))
+        information[:n_params, :n_params] = (x.T @ sparse.diags(n * w_ee) @ x).toarray()
+        information[:n_params, :n_params] += np.diag(ridge)
+        information[:n_params, n_params] = information[n_params, :n_params] = x.T @ (n * w_et)
+        information[n_params, n_params] = (n * w_tt).sum()
+        if log_tau is None:
+            information[n_params, n_params], gradient[n_params] = 1.0, 0.0
+        step = np.linalg.solve(information, gradient)
+        scale = 1.0
+        while True:
+            candidate_beta = beta + scale * step[:n_params]
+            candidate_t = None if log_tau is None else log_tau + scale * step[n_params]
+            value = objective(candidate_beta, candidate_t)
+            if value >= current - 1e-12 or scale < 1e-6:
+                break
+            scale /= 2
+        beta, log_tau = candidate_beta, candidate_t
+        improvement, current = value - current, value
+        if np.max(np.abs(scale * step)) < TOLERANCE or abs(improvement) < TOLERANCE * (
+            1 + abs(current)
+        ):
+            converged = True
+            break
+    if log_tau is None:
+        information[n_params, :] = information[:, n_params] = 0.0
+        information[n_params, n_params] = 1.0
+    return _Solution(beta, log_tau, np.asarray(np.linalg.inv(information), np.float64), converged)
+
+
+def _bootstrap(
+    design: _Design,
+    obs: _Observations,
+    cells: Cells,
+    solution: _Solution,
+    interest: Sequence[int],
+    n_bootstrap: int,
+    seed: int,
+) -> FloatArray:
+    """One-step bootstrap draws (n_bootstrap, len(interest)), plus the draws of log tau last."""
+    n_params = design.matrix.shape[1]
+    tau = 0.0 if solution.log_tau is None else float(np.exp(solution.log_tau))
+    eta = design.matrix @ solution.beta
+    score_eta, score_t, *_ = _scores(obs.counts, eta[obs.group], tau)
+    rows = [*interest, n_params]
+    inverse = solution.information_inverse[rows]  # (m, K + 1)
+    through_eta = design.matrix @ inverse[:, :n_params].T  # (groups, m)
+    prompts = cells.prompt[obs.cell]
+    summed = np.stack(
+        [
+            np.bincount(
+                prompts,
+                weights=score_eta * through_eta[obs.group, k] + score_t * inverse[k, n_params],
+                minlength=cells.n_prompts,
+            )
+            for k in range(len(rows))
+        ],
+        axis=1,
+    )
+    per_prompt: FloatArray = np.asarray(summed[np.any(summed != 0, axis=1)], dtype=np.float64)
+    draws = bootstrap_sums(per_prompt, n_bootstrap, seed) - per_prompt.sum(axis=0)
+    centre = np.append(solution.beta[list(interest)], solution.log_tau or 0.0)
+    return np.asarray(centre + draws)
+
+
+def fit_leakage(
+    cells: Cells,
+    lineage: Lineage,
+    *,
+    scale_by_share: bool = True,
+    relation_terms: bool = True,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> LeakageFit | None:
+    """Fit the model to the cells; None when they hold no verdict."""
+    obs = _observations(cells)
+    if obs.n_groups == 0:
+        return None
+    design = _design(
+        cells, obs, lineage, scale_by_share=scale_by_share, relation_terms=relation_terms
+    )
+    group_counts = np.zeros((obs.n_groups, 3))
+    for o in range(3):
+        group_counts[:, o] = np.bincount(
+            obs.group, weights=obs.counts[:, o], minlength=obs.n_groups
+        )
+    solution = _fit(design, group_counts, with_ties=bool(group_counts[:, 2].sum() > 0))
+    named = [
+        *design.kinds.values(),
+        *design.selves.values(),
+        *design.positions.values(),
+        *design.lengths.values(),
+    ]
+    draws = _bootstrap(design, obs, cells, solution, named, n_bootstrap, seed)
+    column = {index: k for k, index in enumerate(named)}
+
+    def parameter(index: int, name: str) -> Parameter:
+        return Parameter(
+            name,
+            float(solution.beta[index]),
+            draws[:, column[index]],
+            int(design.support[index]),
+        )
+
+    models = cells.models
+    strengths = solution.beta[: len(design.candidates)]
+    strengths = strengths - strengths.mean()
+    verdicts = cells.verdicts.sum(axis=1)
+    comparisons = np.bincount(cells.lo, weights=verdicts, minlength=len(models))
+    comparisons += np.bincount(cells.hi, weights=verdicts, minlength=len(models))
+    return LeakageFit(
+        kinds={kind: parameter(i, kind) for kind, i in design.kinds.items()},
+        self_preference={models[j]: parameter(i, models[j]) for j, i in design.selves.items()},
+        position={models[j]: parameter(i, models[j]) for j, i in design.positions.items()},
+        length={models[j]: parameter(i, models[j]) for j, i in design.lengths.items()},
+        strengths={models[c]: float(s) for c, s in zip(design.candidates, strengths, strict=True)},
+        tau=0.0 if solution.log_tau is None else float(np.exp(solution.log_tau)),
+        tau_draws=np.exp(draws[:, -1]) if solution.log_tau is not None else np.zeros(len(draws)),
+        n_verdicts=int(group_counts.sum()),
+        n_prompts=int(np.unique(cells.prompt).size),
+        converged=solution.converged,
+        comparisons={models[c]: int(comparisons[c]) for c in design.candidates},
+    )
