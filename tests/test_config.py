@@ -148,3 +148,59 @@ def test_kafka_example_config_loads() -> None:
     settings = load_settings(example)
     assert settings.kafka.enabled
     assert settings.kafka.client_options["security_protocol"] == "SASL_SSL"
+
+
+TOKEN = "0123456789abcdef-token"
+
+
+def test_bearer_token_from_env_or_file_is_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().http.bearer_token() is None
+    monkeypatch.setenv("PREFLEAK_HTTP__AUTH_TOKEN", f"  {TOKEN}\n")
+    settings = load_settings()
+    assert settings.http.bearer_token() == TOKEN
+    assert settings.shown()["http"]["auth_token"] == MASK
+    assert TOKEN not in repr(settings) and TOKEN not in yaml.safe_dump(settings.shown())
+    monkeypatch.delenv("PREFLEAK_HTTP__AUTH_TOKEN")
+
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    settings = load_settings(_write(tmp_path, {"http": {"auth_token_file": str(token_file)}}))
+    assert settings.http.bearer_token() == TOKEN
+    assert settings.shown()["http"] == {
+        **Settings().shown()["http"],
+        "auth_token_file": str(token_file),
+    }
+    assert load_settings(_write(tmp_path, settings.shown())).http.bearer_token() == TOKEN
+    monkeypatch.setenv("PREFLEAK_HTTP__PROTECT_READS", "true")
+    assert load_settings(_write(tmp_path, settings.shown())).http.protect_reads
+
+
+@pytest.mark.parametrize(
+    ("http", "expected"),
+    [
+        ({"auth_token": "hunter2"}, "http.auth_token: a token needs 16 characters"),
+        ({"auth_token": "hunter2 hunter2 hunter2"}, "http.auth_token: a token is printable ASCII"),
+        ({"auth_token": "hunter2-hunter2-ü"}, "http.auth_token: a token is printable ASCII"),
+        ({"auth_token": "***"}, "http.auth_token"),  # what `config show` prints instead
+        ({"auth_token_file": "nope/token"}, "http.auth_token_file: cannot read nope/token"),
+        ({"auth_token": "hunter2-hunter2-hunter2", "auth_token_file": "t"}, "give the token once"),
+        ({"protect_reads": True}, "http.protect_reads: needs a token"),
+    ],
+)
+def test_unusable_token_settings_name_the_key_not_the_token(
+    tmp_path: Path, http: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, {"http": http}))
+    assert expected in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_token_file_content_is_checked(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    for content, expected in [("", "16 characters"), ("two words here, too", "printable ASCII")]:
+        token_file.write_text(content)
+        with pytest.raises(ConfigError, match=expected):
+            load_settings(None, {"http": {"auth_token_file": token_file}})

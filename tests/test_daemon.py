@@ -560,3 +560,103 @@ def test_kafka_stream_reaches_the_metrics(
     ]
     assert lags and all(lag == 0 for lag in lags)
     daemon.stop()
+
+
+# -- bearer token ---------------------------------------------------------------------------------
+
+TOKEN = "s3cr3t-" + "0123456789abcdef" * 2
+"""A token of the accepted shape: 16+ printable ASCII characters."""
+
+
+def _call(
+    daemon: Daemon,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    token: str | None = None,
+    scheme: str = "Bearer",
+) -> tuple[int, dict[str, str], bytes]:
+    """One request, with ``Authorization: <scheme> <token>`` when a token is given."""
+    connection = http.client.HTTPConnection(daemon.host, daemon.port, timeout=30)
+    headers = {} if token is None else {"Authorization": f"{scheme} {token}"}
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_token_guards_every_post_and_leaves_reads_open(
+    start: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    token_file.chmod(0o600)
+    daemon = start(
+        "--db", str(tmp_path / "events.db"), PREFLEAK_HTTP__AUTH_TOKEN_FILE=str(token_file)
+    )
+    event = json.dumps(_model("m1")).encode()
+
+    status, headers, body = _call(daemon, "POST", "/v1/events", event)
+    assert status == 401 and headers["WWW-Authenticate"] == 'Bearer realm="prefleak"'
+    assert "Bearer" in json.loads(body)["error"]
+    for wrong in (TOKEN[:-1] + "X", TOKEN + "X", TOKEN[:16], ""):
+        status, headers, _ = _call(daemon, "POST", "/v1/events", event, token=wrong)
+        assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"], wrong
+    assert _call(daemon, "POST", "/v1/events", event, token=TOKEN, scheme="Basic")[0] == 401
+    assert _call(daemon, "POST", "/nope", b"{}")[0] == 401, "no path is found out without it"
+    assert _call(daemon, "POST", "/v1/status", b"{}")[0] == 401
+
+    status, _, body = _call(daemon, "POST", "/v1/events", event, token=TOKEN)
+    assert status == 200 and json.loads(body)["accepted"] == 1
+    status, _, body = _call(daemon, "POST", "/v1/events", event, token=TOKEN, scheme="bearer")
+    assert status == 200 and json.loads(body)["duplicate"] == 1, "the scheme is case-insensitive"
+
+    for path in ("/v1/status", "/metrics", "/healthz"):
+        assert _call(daemon, "GET", path)[0] == 200, path
+    assert _call(daemon, "GET", "/readyz")[0] in (200, 503)
+    assert daemon.value("prefleak_events_ingested_total", source="http", outcome="accepted") == 1
+    assert daemon.value("prefleak_events_ingested_total", source="http", outcome="rejected") == 0
+    daemon.stop()
+    log = daemon.log()
+    assert "refused POST /v1/events" in log and "bearer token required for POST" in log
+    assert TOKEN not in log and TOKEN[:16] not in log
+
+
+def test_protect_reads_guards_the_api_but_not_metrics_and_probes(
+    start: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = start(
+        "--db", str(tmp_path / "events.db"),
+        PREFLEAK_HTTP__AUTH_TOKEN=TOKEN, PREFLEAK_HTTP__PROTECT_READS="true",
+    )  # fmt: skip
+    for path in ("/v1/status", "/v1/pls", "/v1/events", "/v1/nope"):
+        status, headers, _ = _call(daemon, "GET", path)
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer "), path
+    assert _call(daemon, "GET", "/v1/status", token="not-the-token-at-all")[0] == 401
+    status, _, body = _call(daemon, "GET", "/v1/status", token=TOKEN)
+    assert status == 200 and "uptime_s" in json.loads(body)
+    assert _call(daemon, "GET", "/metrics")[0] == 200
+    assert _call(daemon, "GET", "/healthz")[0] == 200
+    assert _call(daemon, "GET", "/readyz")[0] in (200, 503)
+    assert _call(daemon, "POST", "/v1/events", b"{}")[0] == 401
+    daemon.stop()
+    assert TOKEN not in daemon.log()
+
+
+def test_token_is_masked_and_unusable_token_settings_stop_serve(tmp_path: Path) -> None:
+    done = prefleak("config", "show", PREFLEAK_HTTP__AUTH_TOKEN=TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert TOKEN not in done.stdout
+    assert yaml.safe_load(done.stdout)["http"]["auth_token"] == "***"
+
+    db = str(tmp_path / "events.db")
+    for env, field in [
+        ({"PREFLEAK_HTTP__AUTH_TOKEN": "hunter2"}, "http.auth_token"),
+        ({"PREFLEAK_HTTP__AUTH_TOKEN_FILE": str(tmp_path / "missing")}, "http.auth_token_file"),
+        ({"PREFLEAK_HTTP__PROTECT_READS": "true"}, "http.protect_reads"),
+    ]:
+        done = prefleak("serve", "--port", "0", "--db", db, **env)
+        assert done.returncode == 2 and field in done.stderr, done.stderr
+        assert "hunter2" not in done.stderr and "Traceback" not in done.stderr

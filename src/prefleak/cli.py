@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,15 +18,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from prefleak import __version__
+from prefleak.check_commands import register as register_check
 from prefleak.config import add_db_option, default_db
 from prefleak.daemon.commands import register as register_daemon
+from prefleak.dbtools import register as register_dbtools
 from prefleak.diversity.commands import register as register_diversity
 from prefleak.ingest import Ingestor, open_lines
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
-from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TIE_POLICIES
-from prefleak.report import PLSRow, pls_table
-from prefleak.stats.cells import Cells
+from prefleak.stats.analysis import ScoredPLS
+from prefleak.stats.commands import add_statistics_options, analyse_store, envelope, render
+from prefleak.stats.commands import register as register_statistics
 from prefleak.store import AppendResult, EventStore, StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -147,11 +150,12 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}%"
 
 
-def _render_table(rows: Sequence[PLSRow]) -> str:
+def _render_table(rows: Sequence[ScoredPLS]) -> str:
     header = ("benchmark", "judge i", "judge j", "S_i (relation)", "S_j (relation)", "PLS",
-              "95% CI", "prompts", "WR ii/ij/jj/ji", "human bias i/j")  # fmt: skip
+              "95% CI", "q", "MDE", "prompts", "WR ii/ij/jj/ji", "human bias i/j")  # fmt: skip
     lines = [header]
-    for row in rows:
+    for scored in rows:
+        row, test = scored.row, scored.test
         wr = row.win_rates
         rates = (
             "n/a"
@@ -167,47 +171,66 @@ def _render_table(rows: Sequence[PLSRow]) -> str:
             if row.ci_low is None
             else f"[{_pct(row.ci_low)}, {_pct(row.ci_high)}]"
         )
+        q = "-" if test.q_value is None else f"{test.q_value:.2g}"
         lines.append((
             row.benchmark, row.judge_i, row.judge_j,
             f"{row.student_i} ({row.relation_i} {row.share_i:.0%})",
             f"{row.student_j} ({row.relation_j} {row.share_j:.0%})",
-            _pct(row.pls) + (" *" if row.significant else ""), ci, str(row.n_prompts), rates, human,
+            _pct(row.pls) + (" *" if test.significant else ""), ci, q,
+            _pct(test.min_detectable).lstrip("+"), str(row.n_prompts), rates, human,
         ))  # fmt: skip
-    widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
+    return render(lines)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        rows = pls_table(
-            Cells.from_rows(store.verdict_rows(args.benchmark)),
-            load_lineage(store),
-            ties=args.ties,
-            n_bootstrap=args.bootstrap,
-            min_prompts=args.min_prompts,
-        )
+    analysis = analyse_store(args)
+    horizon_pls = [s for s in analysis.pls if s.slice == "horizon"]
     if args.json:
-        payload = {
-            "generated_at": datetime.now(UTC).isoformat(),
+        payload = envelope("prefleak.report/2", analysis)
+        payload.update({
             "ties": args.ties,
-            "pls": [row.to_json() for row in rows],
-        }
+            "fdr": args.fdr,
+            **analysis.tables_json(),
+            "changes": [change.to_json() for change in analysis.changes],
+        })  # fmt: skip
         print(json.dumps(payload, indent=2))
         return EXIT_OK
-    if not rows:
-        print(
-            "No judge pair qualifies yet: PLS needs two judges i, j and two students where S_i is "
-            "related to i only and S_j to j only, both judged head to head. Check `prefleak "
-            "status` for what is stored."
-        )
+    if analysis.horizon is None:
+        print("No verdicts stored yet. Check `prefleak status` for what is stored.")
         return EXIT_OK
-    print(_render_table(rows))
+    start, end = (_iso(t) for t in analysis.horizon)
+    print(f"Horizon {start} .. {end}; q-values at FDR {args.fdr:g}; ties count as {args.ties}.\n")
+    if horizon_pls:
+        print(_render_table(horizon_pls))
+    else:
+        print(
+            "No judge pair qualifies for PLS: it needs judges i, j and students S_i related to i "
+            "only and S_j to j only, judged head to head. The leakage model below needs no such "
+            "pair."
+        )
+    pooled = [r for r in analysis.leakage if r.slice == "horizon"]
+    if pooled:
+        print("\nLeakage effect per relation kind (paired-comparison model, any comparison graph):")
+        lines = [("benchmark", "relation", "log-odds [95% CI]", "win-rate points [95% CI]",
+                  "q", "verdicts")]  # fmt: skip
+        for r in pooled:
+            ci, pp = r.log_odds_ci, r.effect_pp_ci
+            lines.append((r.benchmark, r.relation,
+                          f"{r.log_odds:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""),
+                          f"{r.effect_pp:+.1f}" + (f" [{pp[0]:+.1f}, {pp[1]:+.1f}]" if pp else ""),
+                          "-" if r.test.q_value is None else f"{r.test.q_value:.2g}"
+                          + (" *" if r.test.significant else ""), str(r.n_verdicts)))  # fmt: skip
+        print(render(lines))
+    alarms = [c for c in analysis.changes if c.state.alarm]
+    for change in alarms:
+        labels = ", ".join(f"{k}={v}" for k, v in change.labels.items())
+        started = change.state.started_at
+        print(f"\nCHANGE {change.subject} ({labels}): since "
+              f"{'?' if started is None else _iso(started)}")  # fmt: skip
     print(
-        f"\nPLS as a fraction of the average win rate; ties count as {args.ties}; * = the 95 % "
-        f"interval excludes 0 (leakage). {len(rows)} row(s)."
+        f"\n* = significant at FDR {args.fdr:g}. PLS as a fraction of the average win rate; MDE = "
+        "the smallest PLS these prompts could detect (80 % power). `--json` has every window, "
+        "category and track."
     )
     return EXIT_OK
 
@@ -278,15 +301,36 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from prefleak.simulate import Scenario, simulate
+    from prefleak.simulate import Scenario, parse_assignments, simulate
 
-    scenario = Scenario(
-        seed=args.seed,
-        prompts_per_benchmark=args.prompts,
-        leakage=args.leakage,
-        rounds=args.rounds,
-        with_texts=args.texts,
-    )
+    def _split(items: list[str]) -> Iterator[str]:
+        return (name.strip() for item in items for name in item.split(",") if name.strip())
+
+    try:
+        scenario = Scenario(
+            seed=args.seed,
+            prompts_per_benchmark=args.prompts,
+            leakage=args.leakage,
+            rounds=args.rounds,
+            with_texts=args.texts,
+            days=args.days,
+            relation_weights=parse_assignments(args.relation_weight, "--relation-weight") or None,
+            method_factors=parse_assignments(args.method_factor, "--method-factor") or None,
+            position_scale=args.position_scale,
+            length_scale=args.length_scale,
+            response_noise=args.response_noise,
+            equal_acuity=args.equal_acuity,
+            category_skill=args.category_skill,
+            self_preference=args.self_preference,
+            judges_as_candidates=args.judges_as_candidates,
+            topology=args.topology,
+            change_at=args.change_at,
+            leakage_after=args.leakage_after,
+            benchmarks=None if args.benchmarks is None else tuple(_split(args.benchmarks)),
+        )
+    except ValueError as exc:
+        print(f"prefleak simulate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     out = sys.stdout.buffer if args.out in (None, "-") else Path(args.out).open("wb")  # noqa: SIM115
     count = 0
     try:
@@ -377,28 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
         "A row needs judges i, j and students S_i, S_j with S_i related to i but not j, S_j\n"
         "related to j but not i, and both judges comparing S_i with S_j. PLS is a fraction\n"
         "(0.184 = 18.4 %); the interval is a prompt bootstrap. Same model ~24 %, same series\n"
-        "~9 %, unrelated ~3 % in the paper.\n\n"
-        "example:\n  prefleak report --benchmark alpacaeval --json | jq '.pls[0]'",
+        "~9 %, unrelated ~3 % in the paper. Below it, the leakage effect per relation kind\n"
+        "from a paired-comparison model of all verdicts (works where PLS is undefined), with\n"
+        "Benjamini-Hochberg q-values, the smallest detectable PLS, and change alarms over the\n"
+        "windows (docs/statistics.md). Time is event time: the horizon ends with the newest\n"
+        "verdict's window.\n\n"
+        "example:\n  prefleak report --window 1d --horizon 7d --json | jq '.leakage[0]'",
     )
     add_db_option(report)
-    report.add_argument("--json", action="store_true", help="machine-readable output")
-    report.add_argument("--benchmark", metavar="B", help="only this benchmark")
-    report.add_argument(
-        "--ties",
-        choices=TIE_POLICIES,
-        default="loss",
-        help="a tie is a non-win (loss, the paper's convention), half a win, or left out",
-    )
-    report.add_argument(
-        "--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N", help="resamples for CIs"
-    )
-    report.add_argument(
-        "--min-prompts",
-        type=int,
-        default=DEFAULT_MIN_PROMPTS,
-        metavar="N",
-        help="fewer prompts than this leave the PLS undefined",
-    )
+    add_statistics_options(report)
 
     status = command(
         "status",
@@ -441,6 +472,92 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--leakage", type=float, default=1.0, help="scale of injected leakage")
     sim.add_argument("--rounds", type=int, default=1, help="times the prompt set is re-judged")
     sim.add_argument("--texts", action="store_true", help="include prompt and response texts")
+    from prefleak.simulate import RESPONSE_NOISE  # stdlib only: cheap to import here
+
+    sim.add_argument("--days", type=float, default=7.0, help="event-time span of the stream")
+    sim.add_argument(
+        "--benchmarks",
+        nargs="+",
+        metavar="B",
+        help="only these benchmarks (alpacaeval, mtbench, arena-hard; space or comma separated)",
+    )
+    sim.add_argument(
+        "--relation-weight",
+        action="append",
+        default=[],
+        metavar="KIND=W",
+        help="log-odds bonus at leakage 1 and share 1 for one relation kind (same_model, "
+        "inheritance, same_series, same_family), 0 turns it off; repeatable; kinds not given "
+        "keep their default (0.25, 0.2, 0.1, 0.04)",
+    )
+    sim.add_argument(
+        "--method-factor",
+        action="append",
+        default=[],
+        metavar="METHOD=F",
+        help="factor on leakage for students trained by METHOD (sft 1.0, dpo 0.6 by default); "
+        "repeatable; dpo=1 for a well-specified world",
+    )
+    sim.add_argument(
+        "--position-scale",
+        type=float,
+        default=1.0,
+        help="multiplies every judge's bias for the response shown first (0 turns it off)",
+    )
+    sim.add_argument(
+        "--length-scale",
+        type=float,
+        default=1.0,
+        help="multiplies every judge's bias for longer responses (0 turns it off)",
+    )
+    sim.add_argument(
+        "--response-noise",
+        type=float,
+        default=RESPONSE_NOISE,
+        help="spread of each response's quality around its model's (log-odds; 0 for none)",
+    )
+    sim.add_argument(
+        "--equal-acuity", action="store_true", help="every judge weighs quality gaps alike (1.0)"
+    )
+    sim.add_argument(
+        "--category-skill",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="some students are better in some categories; --no-category-skill with "
+        "--response-noise 0, --equal-acuity and --method-factor dpo=1 makes the stream exactly "
+        "the paired-comparison model",
+    )
+    sim.add_argument(
+        "--judges-as-candidates",
+        action="store_true",
+        help="the LLM judges' own answers also compete: each meets one or two students per "
+        "prompt, rated by every judge",
+    )
+    sim.add_argument(
+        "--self-preference",
+        type=float,
+        default=0.0,
+        help="log-odds a judge adds to its own answers (needs --judges-as-candidates)",
+    )
+    sim.add_argument(
+        "--topology",
+        choices=("round_robin", "baseline"),
+        default="round_robin",
+        help="round_robin: students meet pairwise; baseline: each student meets only "
+        "baseline-ref, a model unrelated to every judge (PLS undefined, leakage still there)",
+    )
+    sim.add_argument(
+        "--change-at",
+        type=float,
+        metavar="SHARE",
+        help="step change: from start + SHARE * days on (0..1), leakage is --leakage-after",
+    )
+    sim.add_argument(
+        "--leakage-after",
+        type=float,
+        metavar="SCALE",
+        help="scale of injected leakage after --change-at (give both or neither)",
+    )
 
     demo = command(
         "demo",
@@ -461,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_daemon(commands)
     register_diversity(commands)
+    register_dbtools(commands)
+    register_statistics(commands)
+    register_check(commands)
     return parser
 
 
@@ -471,6 +591,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except StoreError as exc:
         print(f"prefleak: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except sqlite3.DatabaseError as exc:  # damage found past opening, e.g. a corrupt page
+        db = getattr(args, "db", None) or default_db()
+        print(f"prefleak: event store {db} is unusable: {exc} (see prefleak check-db)",
+              file=sys.stderr)  # fmt: skip
         return EXIT_FAILED
     except OSError as exc:
         print(

@@ -9,11 +9,15 @@ S_i, S_j compared head to head, WR(x, y) is the share of comparisons judge y awa
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from scipy import sparse
+
+from prefleak.stats.estimate import poisson_weights
 
 TiePolicy = Literal["loss", "half", "exclude"]
 """How a tie counts: ``loss`` (a non-win, the paper's rule), ``half`` a win, or ``exclude``."""
@@ -148,22 +152,114 @@ def estimate_pls(
     """PLS of one judge pair and student pair, with a percentile bootstrap CI over prompts.
 
     Rows of both arrays are the same prompts (zeros where a judge did not compare the pair on a
-    prompt); each resample draws prompts with replacement and uses the same draw for both judges,
-    so the interval reflects prompt-to-prompt variation, which is what a new benchmark would vary.
+    prompt); :func:`estimate_many` of one row.
     """
-    n_prompts = int(by_judge_i.shape[0])
     if by_judge_j.shape != by_judge_i.shape:
         raise ValueError("both judges' counts must cover the same prompts")
-    score, rates = _pls_many(by_judge_i.sum(axis=0), by_judge_j.sum(axis=0), ties)
+    n_prompts = int(by_judge_i.shape[0])
+    [estimate] = estimate_many(
+        sparse.csc_matrix(np.hstack([by_judge_i, by_judge_j])),
+        np.arange(n_prompts, dtype=np.uint64),
+        np.array([n_prompts]),
+        ties=ties,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        min_prompts=min_prompts,
+        seed=seed,
+    )
+    return estimate
+
+
+_ROWS_PER_BLOCK = 2048
+"""PLS rows bootstrapped together: bounds the resample matrix at n_bootstrap x 6 x this."""
+
+
+def estimate_many(
+    by_prompt: sparse.csc_matrix,
+    keys: npt.NDArray[np.uint64],
+    n_prompts: npt.NDArray[np.int64],
+    *,
+    ties: TiePolicy = "loss",
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    confidence: float = 0.95,
+    min_prompts: int = DEFAULT_MIN_PROMPTS,
+    seed: int = 0,
+) -> list[PLSEstimate]:
+    """PLS with a percentile prompt-bootstrap interval for many judge-pair rows at once.
+
+    ``by_prompt`` has one row per prompt (named by ``keys``) and six columns per PLS row: judge
+    i's (S_i wins, S_j wins, ties), then judge j's. Each resample re-weights prompts with
+    Poisson(1) weights that depend only on the prompt's key (:mod:`prefleak.stats.estimate`), so
+    both judges of a row, and every row, see the same draw of a prompt: the interval reflects
+    prompt-to-prompt variation, which is what a new benchmark would vary.
+    """
+    n_rows = by_prompt.shape[1] // 6
+    totals = np.asarray(by_prompt.sum(axis=0)).reshape(n_rows, 6)
+    scores, rates = _pls_many(totals[:, :3], totals[:, 3:], ties)
+    low = np.full(n_rows, np.nan)
+    high, se = low.copy(), low.copy()
+    testable = np.flatnonzero(~np.isnan(scores) & (n_prompts >= min_prompts))
+    alpha = (1 - confidence) / 2
+    for start in range(0, testable.size if n_bootstrap > 0 else 0, _ROWS_PER_BLOCK):
+        rows = testable[start : start + _ROWS_PER_BLOCK]
+        columns = (6 * rows[:, None] + np.arange(6)).ravel()
+        block = by_prompt[:, columns]
+        used = np.flatnonzero(block.getnnz(axis=1))
+        block = block[used]
+        draws = np.concatenate(
+            [
+                _resampled(block, w, rows.size, ties)
+                for w in poisson_weights(keys[used], n_bootstrap, seed)
+            ]
+        )
+        finite = np.isfinite(draws).sum(axis=0)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, wanted
+            quantiles = np.nanquantile(draws, [alpha, 1 - alpha], axis=0)
+            spread = np.nanstd(draws, axis=0, ddof=1)
+        low[rows] = np.where(finite > 0, quantiles[0], np.nan)
+        high[rows] = np.where(finite > 0, quantiles[1], np.nan)
+        se[rows] = np.where(finite > 1, spread, np.nan)
+    return [
+        _estimate(
+            scores[r],
+            {k: v[r] for k, v in rates.items()},
+            int(n_prompts[r]),
+            min_prompts,
+            low[r],
+            high[r],
+            se[r],
+        )
+        for r in range(n_rows)
+    ]
+
+
+def _resampled(
+    block: sparse.csc_matrix, weights: npt.NDArray[np.float64], n_rows: int, ties: TiePolicy
+) -> npt.NDArray[np.float64]:
+    """PLS of each row under each resample (weights: resamples x prompts) → (resamples, rows)."""
+    sums = np.asarray((block.T @ weights.T).T).reshape(-1, n_rows, 6)
+    return _pls_many(sums[..., :3], sums[..., 3:], ties)[0]
+
+
+def _estimate(
+    score: float,
+    rates: dict[str, float],
+    n_prompts: int,
+    min_prompts: int,
+    low: float,
+    high: float,
+    se: float,
+) -> PLSEstimate:
+    """One row's estimate, with the reason when it has no score."""
     win_rates = (
         None
         if any(np.isnan(r) for r in rates.values())
         else WinRates(**{k: float(v) for k, v in rates.items()})
     )
     if n_prompts < min_prompts:
-        return PLSEstimate(
-            None, None, None, n_prompts, win_rates, f"too few prompts ({n_prompts} < {min_prompts})"
-        )
+        reason = f"too few prompts ({n_prompts} < {min_prompts})"
+        return PLSEstimate(None, None, None, n_prompts, win_rates, reason)
     if np.isnan(score):
         reason = (
             "a judge has no comparison to rate"
@@ -171,37 +267,9 @@ def estimate_pls(
             else "an average win rate is zero"
         )
         return PLSEstimate(None, None, None, n_prompts, win_rates, reason)
-    boot = _bootstrap(by_judge_i, by_judge_j, ties, n_bootstrap, seed)
-    if boot.size == 0:
+    if np.isnan(low):
         return PLSEstimate(float(score), None, None, n_prompts, win_rates)
-    alpha = (1 - confidence) / 2
-    low, high = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
-    se = float(boot.std(ddof=1)) if boot.size > 1 else None
-    return PLSEstimate(float(score), low, high, n_prompts, win_rates, se=se)
-
-
-_RESAMPLE_CELLS = 1 << 21
-"""Resample weights held at once while bootstrapping, to keep memory flat for large benchmarks."""
-
-
-def _bootstrap(
-    by_i: Counts, by_j: Counts, ties: TiePolicy, n_bootstrap: int, seed: int
-) -> npt.NDArray[np.float64]:
-    """PLS of each resample of prompts (the same draw for both judges); undefined ones dropped.
-
-    A resample is a vector of how often each prompt was drawn; the summed counts of both judges
-    are then one matrix product each, instead of gathering every drawn prompt's rows.
-    """
-    n_prompts = by_i.shape[0]
-    rng = np.random.default_rng(seed)
-    step = max(1, _RESAMPLE_CELLS // n_prompts)
-    scores = []
-    for start in range(0, n_bootstrap, step):
-        rows = min(step, n_bootstrap - start)
-        draws = rng.integers(0, n_prompts, size=(rows, n_prompts))
-        draws += np.arange(rows)[:, None] * n_prompts
-        weights = np.bincount(draws.ravel(), minlength=rows * n_prompts).reshape(rows, n_prompts)
-        score, _ = _pls_many(weights @ by_i, weights @ by_j, ties)
-        scores.append(score)
-    boot = np.concatenate(scores) if scores else np.empty(0)
-    return boot[~np.isnan(boot)]
+    return PLSEstimate(
+        float(score), float(low), float(high), n_prompts, win_rates,
+        se=None if np.isnan(se) else float(se),
+    )  # fmt: skip

@@ -7,26 +7,25 @@ related to j but not to i, and both judges compared S_i with S_j on the same ben
 
 from __future__ import annotations
 
-import zlib
-from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from scipy import sparse
 
-from prefleak.lineage import Lineage, Relation
+from prefleak.lineage import Lineage
 from prefleak.pls import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_MIN_PROMPTS,
-    Counts,
     PLSEstimate,
     TiePolicy,
     WinRates,
-    estimate_pls,
+    estimate_many,
     win_rate,
 )
 from prefleak.stats.cells import Cells, IntArray
+from prefleak.stats.relations import KINDS, RelationTable, relation_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,56 +69,128 @@ class PLSRow:
         return asdict(self)
 
 
-def _per_prompt(cells: Cells, rows: IntArray, prompts: IntArray, i_is_lo: bool) -> Counts:
-    """(S_i wins, S_j wins, ties) of the given cells summed per prompt, aligned to ``prompts``."""
-    out = np.zeros((prompts.size, 3))
-    outcomes = cells.outcomes[rows]
-    if not i_is_lo:
-        outcomes = outcomes[:, [1, 0, 2]]
-    np.add.at(out, np.searchsorted(prompts, cells.prompt[rows]), outcomes)
-    return out
+def _composite(columns: list[IntArray]) -> IntArray:
+    """One int64 key per row from non-negative integer columns (mixed radix), order-preserving."""
+    key = np.zeros(columns[0].size, dtype=np.int64)
+    for column in columns:
+        key = key * (int(column.max(initial=0)) + 1) + column
+    return key
 
 
-def _assign(
-    lineage: Lineage, x: str, y: str, lo: str, hi: str
-) -> tuple[str, str, str, str, Relation, Relation] | None:
-    """Judges and students ordered as (i, j, S_i, S_j) if the pair qualifies, else None."""
-    for i, j in ((x, y), (y, x)):
-        for s_i, s_j in ((lo, hi), (hi, lo)):
-            rel_i, rel_j = lineage.relation(i, s_i), lineage.relation(j, s_j)
-            if (
-                rel_i.related
-                and rel_j.related
-                and not lineage.relation(j, s_i).related
-                and not lineage.relation(i, s_j).related
-            ):
-                return i, j, s_i, s_j, rel_i, rel_j
-    return None
+@dataclass(frozen=True)
+class _JudgeCounts:
+    """Outcomes summed per (benchmark, lo, hi, judge, prompt), sorted so each (benchmark, lo, hi,
+    judge) is one contiguous slice ``[start, end)``."""
+
+    prompt: IntArray
+    outcomes: npt.NDArray[np.float64]
+    benchmark: IntArray
+    lo: IntArray
+    hi: IntArray
+    judge: IntArray
+    start: IntArray
+    end: IntArray
+    pair: IntArray
+    """Per slice: index of its (benchmark, lo, hi)."""
 
 
-def _seed(*parts: str) -> int:
-    """A stable per-row seed, so the same data always gives the same interval."""
-    return zlib.crc32("\x1f".join(parts).encode())
+def _judge_counts(cells: Cells) -> _JudgeCounts:
+    key = _composite([cells.benchmark, cells.lo, cells.hi, cells.judge, cells.prompt])
+    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    outcomes = np.stack(
+        [np.bincount(inverse, cells.outcomes[:, k], minlength=unique.size) for k in range(3)],
+        axis=1,
+    ).astype(np.float64)
+    benchmark, lo, hi = cells.benchmark[first], cells.lo[first], cells.hi[first]
+    judge = cells.judge[first]
+    slice_key = _composite([benchmark, lo, hi, judge])
+    start = np.flatnonzero(np.r_[True, slice_key[1:] != slice_key[:-1]])
+    end = np.r_[start[1:], unique.size]
+    pair_key = _composite([benchmark[start], lo[start], hi[start]])
+    pair = np.cumsum(np.r_[False, pair_key[1:] != pair_key[:-1]])
+    return _JudgeCounts(
+        cells.prompt[first], outcomes, benchmark[start], lo[start], hi[start], judge[start],
+        start, end, pair,
+    )  # fmt: skip
 
 
-def _comparisons(cells: Cells) -> Iterator[tuple[str, str, str, dict[str, IntArray]]]:
-    """(benchmark, lo, hi, judge → its cells' indices) for every compared pair."""
-    order = np.lexsort((cells.judge, cells.hi, cells.lo, cells.benchmark))
-    keys = np.stack([cells.benchmark, cells.lo, cells.hi], axis=1)[order]
-    starts = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
-    for rows in np.split(order, starts):
-        if rows.size == 0:
-            continue
-        first = rows[0]
-        by_judge: dict[str, list[int]] = defaultdict(list)
-        for row, judge in zip(rows.tolist(), cells.judge[rows].tolist(), strict=True):
-            by_judge[cells.models[judge]].append(row)
-        yield (
-            cells.benchmarks[cells.benchmark[first]],
-            cells.models[cells.lo[first]],
-            cells.models[cells.hi[first]],
-            {judge: np.array(found) for judge, found in by_judge.items()},
-        )
+def _ranges(starts: IntArray, ends: IntArray) -> tuple[IntArray, IntArray]:
+    """Concatenated ``range(start, end)`` of every pair, and which pair each element came from."""
+    lengths = ends - starts
+    owner = np.repeat(np.arange(starts.size), lengths)
+    offsets = np.cumsum(lengths) - lengths
+    return np.arange(lengths.sum()) - np.repeat(offsets - starts, lengths), owner
+
+
+@dataclass(frozen=True)
+class _Quadruples:
+    """Qualifying rows: slices of judges i and j, and whether S_i is the lower-sorted candidate."""
+
+    slice_i: IntArray
+    slice_j: IntArray
+    i_is_lo: npt.NDArray[np.bool_]
+
+
+def _qualifying(counts: _JudgeCounts, relations: RelationTable) -> _Quadruples:
+    """Every (pair, judge x < judge y) where S_i is related to i only and S_j to j only.
+
+    Among the four ways to name i, j, S_i and S_j, the first that qualifies is taken, in the
+    order (x, y) before (y, x) and lo before hi as S_i.
+    """
+    n_pairs = int(counts.pair.max(initial=-1)) + 1
+    machines = sorted({int(j) for j in counts.judge if not relations.human[j]})
+    slot = np.full((n_pairs, len(relations.human)), -1, dtype=np.int64)
+    slot[counts.pair, counts.judge] = np.arange(counts.pair.size)
+    pair_lo = np.zeros(n_pairs, dtype=np.int64)
+    pair_hi = np.zeros(n_pairs, dtype=np.int64)
+    pair_lo[counts.pair], pair_hi[counts.pair] = counts.lo, counts.hi
+    related = relations.related
+    found: list[tuple[IntArray, IntArray, npt.NDArray[np.bool_]]] = []
+    for a, x in enumerate(machines):
+        for y in machines[a + 1 :]:
+            both = np.flatnonzero((slot[:, x] >= 0) & (slot[:, y] >= 0))
+            lo, hi = pair_lo[both], pair_hi[both]
+            left = np.ones(both.size, dtype=bool)
+            for i, j in ((x, y), (y, x)):
+                for s_i, s_j, lo_is_i in ((lo, hi, True), (hi, lo, False)):
+                    hit = left & related[i, s_i] & related[j, s_j]
+                    hit &= ~related[j, s_i] & ~related[i, s_j]
+                    if hit.any():
+                        rows = both[hit]
+                        found.append((slot[rows, i], slot[rows, j], np.full(rows.size, lo_is_i)))
+                        left &= ~hit
+    if not found:
+        empty = np.zeros(0, dtype=np.int64)
+        return _Quadruples(empty, empty, np.zeros(0, dtype=bool))
+    slice_i, slice_j, i_is_lo = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return _Quadruples(slice_i, slice_j, i_is_lo.astype(bool))
+
+
+def _by_prompt(
+    counts: _JudgeCounts, quads: _Quadruples, n_prompts: int
+) -> tuple[sparse.csc_matrix, IntArray]:
+    """Per prompt, six columns per row (judge i's then judge j's S_i wins, S_j wins, ties), and
+    each row's number of distinct prompts (both judges, union)."""
+    rows, columns, values, prompts, owners = [], [], [], [], []
+    for side, slices in ((0, quads.slice_i), (1, quads.slice_j)):
+        entries, owner = _ranges(counts.start[slices], counts.end[slices])
+        outcomes = counts.outcomes[entries]
+        flip = ~quads.i_is_lo[owner]
+        oriented = np.where(flip[:, None], outcomes[:, [1, 0, 2]], outcomes)
+        for k in range(3):
+            rows.append(counts.prompt[entries])
+            columns.append(6 * owner + 3 * side + k)
+            values.append(oriented[:, k])
+        prompts.append(counts.prompt[entries])
+        owners.append(owner)
+    matrix = sparse.csc_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))),
+        shape=(n_prompts, 6 * quads.slice_i.size),
+    )
+    seen = np.unique(np.concatenate(owners) * n_prompts + np.concatenate(prompts))
+    distinct = np.bincount(seen // n_prompts, minlength=quads.slice_i.size)
+    return matrix, distinct
 
 
 def pls_table(
@@ -129,67 +200,91 @@ def pls_table(
     ties: TiePolicy = "loss",
     n_bootstrap: int = DEFAULT_BOOTSTRAP,
     min_prompts: int = DEFAULT_MIN_PROMPTS,
+    relations: RelationTable | None = None,
 ) -> list[PLSRow]:
-    """Every qualifying quadruple with its PLS, CI and (where humans judged) error bias."""
-    table: list[PLSRow] = []
-    for benchmark, lo, hi, by_judge in _comparisons(cells):
-        humans = sorted(j for j in by_judge if lineage.is_human(j))
-        machines = sorted(j for j in by_judge if not lineage.is_human(j))
-        for a, x in enumerate(machines):
-            for y in machines[a + 1 :]:
-                assigned = _assign(lineage, x, y, lo, hi)
-                if assigned is None:
-                    continue
-                i, j, s_i, s_j, rel_i, rel_j = assigned
-                i_is_lo = s_i == lo
-                prompts = np.unique(cells.prompt[np.concatenate([by_judge[i], by_judge[j]])])
-                estimate = estimate_pls(
-                    _per_prompt(cells, by_judge[i], prompts, i_is_lo),
-                    _per_prompt(cells, by_judge[j], prompts, i_is_lo),
-                    ties=ties,
-                    n_bootstrap=n_bootstrap,
-                    min_prompts=min_prompts,
-                    seed=_seed(benchmark, i, j, s_i, s_j),
-                )
-                table.append(
-                    PLSRow(
-                        benchmark=benchmark,
-                        judge_i=i,
-                        judge_j=j,
-                        student_i=s_i,
-                        student_j=s_j,
-                        relation_i=rel_i.kind.value,
-                        relation_j=rel_j.kind.value,
-                        share_i=rel_i.share,
-                        share_j=rel_j.share,
-                        pls=estimate.pls,
-                        ci_low=estimate.ci_low,
-                        ci_high=estimate.ci_high,
-                        n_prompts=estimate.n_prompts,
-                        win_rates=estimate.win_rates,
-                        undefined=estimate.undefined,
-                        human=_human_bias(cells, by_judge, humans, i_is_lo, estimate, ties),
-                        se=estimate.se,
-                    )
-                )
+    """Every qualifying quadruple with its PLS, CI and (where humans judged) error bias.
+
+    Vectorised over all rows: one aggregation, one qualification pass per judge pair, and one
+    bootstrap (:func:`prefleak.pls.estimate_many`). ``relations`` (of the cells' vocabulary)
+    saves asking the lineage again when the caller computes many tables.
+    """
+    if len(cells) == 0:
+        return []
+    if relations is None:
+        relations = relation_table(lineage, cells.models, np.unique(cells.judge).tolist())
+    counts = _judge_counts(cells)
+    quads = _qualifying(counts, relations)
+    if quads.slice_i.size == 0:
+        return []
+    matrix, distinct = _by_prompt(counts, quads, cells.n_prompts)
+    estimates = estimate_many(
+        matrix, cells.prompt_keys, distinct, ties=ties, n_bootstrap=n_bootstrap,
+        min_prompts=min_prompts,
+    )  # fmt: skip
+    humans = _human_outcomes(counts, relations, cells.models)
+    models, table = cells.models, []
+    for r, estimate in enumerate(estimates):
+        s_i_slice, s_j_slice = int(quads.slice_i[r]), int(quads.slice_j[r])
+        i, j = int(counts.judge[s_i_slice]), int(counts.judge[s_j_slice])
+        lo, hi = int(counts.lo[s_i_slice]), int(counts.hi[s_i_slice])
+        s_i, s_j = (lo, hi) if quads.i_is_lo[r] else (hi, lo)
+        table.append(
+            PLSRow(
+                benchmark=cells.benchmarks[counts.benchmark[s_i_slice]],
+                judge_i=models[i],
+                judge_j=models[j],
+                student_i=models[s_i],
+                student_j=models[s_j],
+                relation_i=KINDS[relations.kind[i, s_i]].value,
+                relation_j=KINDS[relations.kind[j, s_j]].value,
+                share_i=float(relations.share[i, s_i]),
+                share_j=float(relations.share[j, s_j]),
+                pls=estimate.pls,
+                ci_low=estimate.ci_low,
+                ci_high=estimate.ci_high,
+                n_prompts=estimate.n_prompts,
+                win_rates=estimate.win_rates,
+                undefined=estimate.undefined,
+                human=_human_bias(
+                    humans.get(int(counts.pair[s_i_slice])), bool(quads.i_is_lo[r]), estimate, ties
+                ),
+                se=estimate.se,
+            )
+        )
     table.sort(key=lambda r: (r.benchmark, r.judge_i, r.judge_j, r.student_i, r.student_j))
     return table
 
 
+_Humans = tuple[tuple[str, ...], int, npt.NDArray[np.float64]]
+"""Human judges of a pair, their distinct prompts, and their pooled (lo, hi, ties) totals."""
+
+
+def _human_outcomes(
+    counts: _JudgeCounts, relations: RelationTable, models: tuple[str, ...]
+) -> dict[int, _Humans]:
+    """Per (benchmark, lo, hi) that humans judged: who, on how many prompts, with what outcome."""
+    found: dict[int, tuple[list[int], set[int], npt.NDArray[np.float64]]] = {}
+    for s in np.flatnonzero(relations.human[counts.judge]).tolist():
+        entries = slice(int(counts.start[s]), int(counts.end[s]))
+        judges, prompts, totals = found.setdefault(int(counts.pair[s]), ([], set(), np.zeros(3)))
+        judges.append(int(counts.judge[s]))
+        prompts.update(counts.prompt[entries].tolist())
+        totals += counts.outcomes[entries].sum(axis=0)
+    return {
+        pair: (tuple(sorted(models[j] for j in judges)), len(prompts), totals)
+        for pair, (judges, prompts, totals) in found.items()
+    }
+
+
 def _human_bias(
-    cells: Cells,
-    by_judge: dict[str, IntArray],
-    humans: list[str],
-    student_i_is_lo: bool,
-    estimate: PLSEstimate,
-    ties: TiePolicy,
+    humans: _Humans | None, student_i_is_lo: bool, estimate: PLSEstimate, ties: TiePolicy
 ) -> HumanBias | None:
     """Error bias of each related judge against the pooled human verdicts on the same pair."""
-    if not humans:
+    if humans is None:
         return None
-    rows = np.concatenate([by_judge[human] for human in humans])
-    pooled = _per_prompt(cells, rows, np.unique(cells.prompt[rows]), student_i_is_lo)
-    human_i, human_j = win_rate(pooled, "i", ties), win_rate(pooled, "j", ties)
+    names, n_prompts, totals = humans
+    oriented = totals if student_i_is_lo else totals[[1, 0, 2]]
+    human_i, human_j = win_rate(oriented[None], "i", ties), win_rate(oriented[None], "j", ties)
     rates = estimate.win_rates
 
     def bias(judge_rate: float | None, human_rate: float) -> float | None:
@@ -198,8 +293,8 @@ def _human_bias(
         return judge_rate - human_rate
 
     return HumanBias(
-        judges=tuple(humans),
-        n_prompts=int(pooled.shape[0]),
+        judges=names,
+        n_prompts=n_prompts,
         error_bias_i=bias(rates.ii if rates else None, human_i),
         error_bias_j=bias(rates.jj if rates else None, human_j),
     )

@@ -292,7 +292,7 @@ def verdict_cell(verdict: VerdictEvent, ts: float) -> Cell:
         len_lo, len_hi = (
             (verdict.len_a, verdict.len_b) if a_is_lo else (verdict.len_b, verdict.len_a)
         )
-        length = math.log((len_lo + 1) / (len_hi + 1))
+        length = math.log(len_lo + 1) - math.log(len_hi + 1)  # no overflow for huge lengths
     key = (projection_window(ts), verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id)
     return Cell(key, 3 * (verdict.game or 0) + outcome, position, length, verdict.category,
                 verdict.track)  # fmt: skip
@@ -565,7 +565,7 @@ class EventStore:
         *,
         since: float | None = None,
         windows: Iterable[int] | None = None,
-    ) -> Iterator[tuple[Any, ...]]:
+    ) -> list[tuple[Any, ...]]:
         """Rows of the verdict projection as plain tuples (the columns of
         :class:`VerdictCounts`): optionally of one benchmark, of the projection windows that
         start at ``since`` or later, or of the given projection windows only."""
@@ -581,7 +581,7 @@ class EventStore:
             starts = sorted(set(windows))
             sql += f" AND window_start IN ({','.join('?' * len(starts))})"
             params.extend(starts)
-        yield from self._db.execute(sql, params)
+        return self._db.execute(sql, params).fetchall()
 
     def verdict_counts(
         self,

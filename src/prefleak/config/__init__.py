@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -23,8 +34,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from prefleak.check import DEFAULT_MIN_SEVERITY, Severity
 from prefleak.diversity.sample import SAMPLE_CAPACITY
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TiePolicy
+from prefleak.stats.changes import DEFAULT_BASELINE_WINDOWS, DEFAULT_SLACK, DEFAULT_THRESHOLD
 
 DEFAULT_DB = "prefleak.db"
 ENV_PREFIX = "PREFLEAK_"
@@ -71,12 +84,92 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MIN_TOKEN_CHARS = 16
+
+
+def _token_problem(token: str) -> str | None:
+    """Why a bearer token cannot be used, or None; never quotes the token."""
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"a token needs {MIN_TOKEN_CHARS} characters or more (e.g. `openssl rand -hex 32`)"
+    if not all("!" <= char <= "~" for char in token):
+        return "a token is printable ASCII without spaces"
+    return None
+
+
+def read_token_file(path: Path) -> str:
+    """The bearer token in ``path``, surrounding whitespace ignored; ValueError says why not."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"cannot read {path}: {reason}") from None
+    problem = _token_problem(token)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    return token
+
+
 class HttpSettings(_Section):
     """The one HTTP port: event intake, metrics, health and the JSON API."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    auth_token: SecretStr | None = None
+    """Bearer token every POST must carry (and GET /v1/* with ``protect_reads``); null: no auth.
+    Give it as $PREFLEAK_HTTP__AUTH_TOKEN or in ``auth_token_file``; never logged, masked by
+    ``config show``."""
+    auth_token_file: Path | None = None
+    """A file holding the token (surrounding whitespace ignored), read when the settings load."""
+    protect_reads: bool = False
+    """Also require the token on GET /v1/*; /metrics, /healthz and /readyz stay open."""
+
+    _file_token: str | None = PrivateAttr(default=None)
+
+    @field_validator("auth_token")
+    @classmethod
+    def _usable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
+        stripped = token.get_secret_value().strip()
+        problem = _token_problem(stripped)
+        if problem is not None:
+            raise ValueError(problem)
+        return SecretStr(stripped)
+
+    @field_validator("auth_token_file")
+    @classmethod
+    def _readable_token_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        if info.data.get("auth_token") is not None:
+            raise ValueError("give the token once: http.auth_token or http.auth_token_file")
+        read_token_file(path)
+        return path
+
+    @field_validator("protect_reads")
+    @classmethod
+    def _reads_need_a_token(cls, protect: bool, info: ValidationInfo) -> bool:
+        if protect and not (info.data.get("auth_token") or info.data.get("auth_token_file")):
+            raise ValueError("needs a token: http.auth_token_file or PREFLEAK_HTTP__AUTH_TOKEN")
+        return protect
+
+    @model_validator(mode="after")
+    def _keep_file_token(self) -> HttpSettings:
+        # Read once more to keep it. An error here can quote the input: it holds no token then.
+        if self.auth_token_file is not None:
+            self._file_token = read_token_file(self.auth_token_file)
+        return self
+
+    @field_serializer("auth_token", when_used="json")
+    def _masked(self, token: SecretStr | None) -> str | None:
+        return None if token is None else MASK
+
+    def bearer_token(self) -> str | None:
+        """The token requests must carry (from ``auth_token`` or its file); None: no auth."""
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value()
+        return self._file_token
 
 
 class KafkaSettings(_Section):
@@ -172,6 +265,54 @@ class DiversitySettings(_Section):
     """Datasets exported as metric series (the most sampled first); the JSON has all."""
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_duration(value: Any) -> Any:
+    """``"1h"``, ``"7d"``, ``"2w"`` or a number of seconds → seconds (others left to pydantic)."""
+    if isinstance(value, str) and value.strip() and value.strip()[-1] in _DURATION_UNITS:
+        text = value.strip()
+        try:
+            return int(float(text[:-1]) * _DURATION_UNITS[text[-1]])
+        except ValueError:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 1h, 1d, 7d)") from None
+    return value
+
+
+class StatisticsSettings(_Section):
+    """Windows, the leakage model, significance and change detection (docs/statistics.md)."""
+
+    window: int = Field(default=86_400, gt=0, multiple_of=3600)
+    """Tumbling window (1h, 1d, ... or seconds): a multiple of one hour."""
+    horizon: int = Field(default=7 * 86_400, gt=0)
+    """Sliding horizon of the headline numbers, ending with the newest verdict's window."""
+    max_windows: int = Field(default=30, ge=1)
+    """Windows kept in the time series and the change detectors (retention)."""
+    fdr: float = Field(default=0.05, gt=0, lt=1)
+    """False discovery rate of the ``significant`` flags (Benjamini-Hochberg)."""
+    model_bootstrap: int = Field(default=200, ge=0)
+    """One-step prompt-bootstrap resamples of the leakage model."""
+    scale_by_share: bool = True
+    """Leakage covariates are the related share of a student's training data (else 0/1)."""
+    change_threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0)
+    change_slack: float = Field(default=DEFAULT_SLACK, ge=0)
+    baseline_windows: int = Field(default=DEFAULT_BASELINE_WINDOWS, ge=1)
+    reference: str | None = None
+    """Leaderboard reference model; default the candidate with the most comparisons."""
+
+    @field_validator("window", "horizon", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
+class CheckSettings(_Section):
+    """The pre-evaluation gate, ``POST /v1/check`` (docs/check.md)."""
+
+    min_severity: Severity = DEFAULT_MIN_SEVERITY
+    """Relations of this severity or above block an evaluation (low, medium or high)."""
+
+
 _FILE_LAYER: ContextVar[dict[str, Any]] = ContextVar("_FILE_LAYER")
 """The YAML file's values for the :class:`Settings` being built (a layer below the env vars)."""
 
@@ -197,6 +338,8 @@ class Settings(BaseSettings):
     pls: PLSSettings = PLSSettings()
     metrics: MetricsSettings = MetricsSettings()
     diversity: DiversitySettings = DiversitySettings()
+    check: CheckSettings = CheckSettings()
+    statistics: StatisticsSettings = StatisticsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -45,7 +45,7 @@ def _json_error(raw: bytes) -> str | None:
     """Why ``raw`` is not one JSON value, or None when it is."""
     try:
         json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
         return str(exc)
     return None
 
@@ -79,11 +79,18 @@ def _read(raw: bytes, location: str, max_bytes: int) -> StoredEvent | Rejection:
 def _ingest_array(store: EventStore, body: bytes, max_bytes: int) -> AppendResult:
     """Each element is re-encoded and read as one message, located as ``item N`` (1-based)."""
     items = json.loads(body)
-    messages = [
-        _read(json.dumps(item, ensure_ascii=False).encode(), f"item {n}", max_bytes)
-        for n, item in enumerate(items, start=1)
-    ]
+    messages = [_item(item, f"item {n}", max_bytes) for n, item in enumerate(items, start=1)]
     return _append(store, messages)
+
+
+def _item(item: object, location: str, max_bytes: int) -> StoredEvent | Rejection:
+    try:
+        raw = json.dumps(item, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate, escaped in the body: keep it escaped
+        raw = json.dumps(item).encode()
+    except RecursionError:  # decoded a few frames higher up the stack than this
+        return Rejection(SOURCE, location, b"", "nested too deeply")
+    return _read(raw, location, max_bytes)
 
 
 def _append(store: EventStore, messages: list[StoredEvent | Rejection]) -> AppendResult:

@@ -6,6 +6,8 @@ handled on its own thread, and every write goes through the store's lock anyway.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 from http import HTTPStatus
@@ -16,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from prefleak import __version__
+from prefleak.check import CheckRequestError
 from prefleak.consumers.http import BodyResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,44 @@ class Api(Protocol):
 
     def pls(self) -> dict[str, Any] | None: ...
 
+    def check(self, body: bytes) -> dict[str, Any]:
+        """The ``prefleak.check/1`` answer; raises CheckRequestError for a bad body."""
+        ...
+
+
+AUTH_REALM = "prefleak"
+REFUSED_BODY_DRAIN_BYTES = 1024 * 1024
+"""A refused POST body up to this size is read and dropped, so its client sees the 401."""
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("latin-1", "replace")).digest()  # headers are latin-1
+
+
+class BearerAuth:
+    """``Authorization: Bearer <token>`` on every POST, and on GET /v1/* with ``protect_reads``.
+
+    Only a digest of the token is kept, and a request's token is compared by its digest with
+    :func:`hmac.compare_digest`: the time a refusal takes tells neither the token nor its length.
+    /metrics, /healthz and /readyz stay open (docs/reliability.md).
+    """
+
+    __slots__ = ("_digest", "protect_reads")
+
+    def __init__(self, token: str, *, protect_reads: bool = False) -> None:
+        self._digest = _digest(token)
+        self.protect_reads = protect_reads
+
+    def guards(self, method: str, path: str) -> bool:
+        """Whether a request needs the token."""
+        return method == "POST" or (self.protect_reads and path.startswith("/v1/"))
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header value carries the token."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        matches = hmac.compare_digest(_digest(token.strip()), self._digest)
+        return matches and scheme.lower() == "bearer"
+
 
 class Server(ThreadingHTTPServer):
     """Joins request threads on close, so a POST in flight commits before the process exits."""
@@ -45,9 +86,10 @@ class Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address: tuple[str, int], api: Api) -> None:
+    def __init__(self, address: tuple[str, int], api: Api, auth: BearerAuth | None = None) -> None:
         super().__init__(address, _Handler)
         self.api = api
+        self.auth = auth
 
     @property
     def url(self) -> str:
@@ -65,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        if not self._authorized(path):
+            return
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._send(HTTPStatus.OK, encoder(self.api.registry), content_type)
@@ -84,13 +128,18 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             else:
                 self._json(HTTPStatus.OK, table)
-        elif path == "/v1/events":
+        elif path in ("/v1/events", "/v1/check"):
             self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"}, allow="POST")
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if not self._authorized(path):
+            return
+        if path == "/v1/check":
+            self._check()
+            return
         if path != "/v1/events":
             if path in ("/metrics", "/healthz", "/readyz", "/v1/status", "/v1/pls"):
                 self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use GET"}, allow="GET")
@@ -103,6 +152,44 @@ class _Handler(BaseHTTPRequestHandler):
         outcome = self.api.ingest(body, self.headers.get("Content-Type", ""))
         status = HTTPStatus.BAD_REQUEST if outcome.not_json else HTTPStatus.OK
         self._json(status, outcome.to_json())
+
+    def _check(self) -> None:
+        body = self._body()
+        if body is None:
+            return
+        try:
+            answer = self.api.check(body)
+        except CheckRequestError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        self._json(HTTPStatus.OK, answer)
+
+    def _authorized(self, path: str) -> bool:
+        """Whether the request may go on; when not, it has been answered 401."""
+        auth = cast(Server, self.server).auth
+        if auth is None or not auth.guards(self.command, path):
+            return True
+        given = self.headers.get("Authorization")
+        if auth.allows(given):
+            return True
+        log.warning(
+            "refused %s %s from %s: %s bearer token",
+            self.command, path, self.client_address[0], "no" if given is None else "wrong",
+        )  # fmt: skip
+        if self.command == "POST":
+            length = self.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) <= REFUSED_BODY_DRAIN_BYTES:
+                self._discard(int(length))
+            self.close_connection = True
+        challenge = f'Bearer realm="{AUTH_REALM}"'
+        if given is not None:
+            challenge += ', error="invalid_token"'
+        self._json(
+            HTTPStatus.UNAUTHORIZED,
+            {"error": "send Authorization: Bearer <token>" if given is None else "wrong token"},
+            **{"WWW-Authenticate": challenge},
+        )
+        return False
 
     def _body(self) -> bytes | None:
         """The request body, or None after answering why it is not taken."""
@@ -146,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
-            self.send_header(name.capitalize(), value)
+            self.send_header(name if "-" in name else name.capitalize(), value)
         self.end_headers()
         self.wfile.write(body)
 

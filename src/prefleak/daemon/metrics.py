@@ -32,6 +32,7 @@ from prefleak import __version__
 from prefleak.config import MetricsSettings
 from prefleak.lineage import Lineage
 from prefleak.report import PLSRow
+from prefleak.stats.analysis import Analysis
 from prefleak.stats.cells import Cells
 from prefleak.store import AppendResult
 
@@ -83,6 +84,8 @@ class Snapshot:
     newest_event_ts: float | None
     diversity: DiversityReport | None = None
     """The last diversity report (recomputed every ``diversity.interval_s``), if any yet."""
+    analysis: Analysis | None = None
+    """Statistics of the recompute: significance, leakage effects, changes, judge biases."""
 
 
 def verdict_series(
@@ -271,6 +274,8 @@ class _StoreCollector(Collector):
                 snapshot.newest_event_ts,
             )
         yield from _pls_families(exported_pls(snapshot.pls, self._bounds.max_pls_series))
+        if snapshot.analysis is not None:
+            yield from _statistics_families(snapshot.analysis, self._bounds)
         yield from _verdict_families(snapshot.verdicts)
         if snapshot.diversity is not None:
             yield from _diversity_families(snapshot.diversity, self._max_datasets)
@@ -322,6 +327,105 @@ def _pls_families(rows: list[PLSRow]) -> Iterator[GaugeMetricFamily]:
             value = getattr(row, attribute)
             if value is not None:
                 family.add_metric([getattr(row, label) for label in PLS_LABELS], float(value))
+        yield family
+
+
+def _statistics_families(analysis: Analysis, bounds: MetricsSettings) -> Iterator[Metric]:
+    """Significance of PLS rows, leakage effects, change alarms and judge biases (horizon)."""
+    scored = [s for s in analysis.pls if s.slice == "horizon"]
+    exported = {id(row) for row in exported_pls((s.row for s in scored), bounds.max_pls_series)}
+    significant = GaugeMetricFamily(
+        "prefleak_pls_significant",
+        "1 when the PLS row is significant at the configured FDR (Benjamini-Hochberg), else 0.",
+        labels=list(PLS_LABELS),
+    )
+    detectable = GaugeMetricFamily(
+        "prefleak_pls_min_detectable_ratio",
+        "Smallest PLS the row's prompts would detect with 80 % power (one-sided 5 %).",
+        labels=list(PLS_LABELS),
+    )
+    for s in scored:
+        if id(s.row) not in exported or s.test.p_value is None:
+            continue
+        labels = [getattr(s.row, label) for label in PLS_LABELS]
+        significant.add_metric(labels, 1.0 if s.test.significant else 0.0)
+        if s.test.min_detectable is not None:
+            detectable.add_metric(labels, s.test.min_detectable)
+    yield significant
+    yield detectable
+    leakage = [r for r in analysis.leakage if r.slice == "horizon"]
+    for name, documentation, value in (
+        ("prefleak_leakage_effect_logodds", "Leakage effect of a relation kind: log-odds a judge "
+         "adds for a fully related candidate (paired-comparison model).", lambda r: r.log_odds),
+        ("prefleak_leakage_effect_ci_low_logodds", "Lower bound of the 95 % one-step prompt "
+         "bootstrap interval of the leakage effect.", lambda r: r.log_odds_ci and r.log_odds_ci[0]),
+        ("prefleak_leakage_effect_ci_high_logodds", "Upper bound of that interval.",
+         lambda r: r.log_odds_ci and r.log_odds_ci[1]),
+        ("prefleak_leakage_effect_ratio", "The leakage effect as a change of win rate against an "
+         "equal candidate (0.05 = 5 points).", lambda r: r.effect_pp / 100),
+        ("prefleak_leakage_significant", "1 when the leakage effect is significant at the "
+         "configured FDR, else 0.", lambda r: float(r.test.significant)),
+        ("prefleak_leakage_verdicts", "Verdicts whose covariate for the relation kind is not "
+         "zero: the evidence behind the effect.", lambda r: r.n_verdicts),
+    ):  # fmt: skip
+        family = GaugeMetricFamily(name, documentation, labels=["benchmark", "relation"])
+        for row in leakage:
+            found = value(row)
+            if found is not None:
+                family.add_metric([row.benchmark, row.relation], float(found))
+        yield family
+    yield from _change_families(analysis, bounds)
+    yield from _bias_families(analysis, bounds)
+
+
+_CHANGE_LABELS = ("subject", "benchmark", "judge_i", "judge_j", "student_i", "student_j",
+                  "relation", "judge")  # fmt: skip
+
+
+def _change_families(analysis: Analysis, bounds: MetricsSettings) -> Iterator[Metric]:
+    """One series per windowed series the detector watches; labels it does not use are empty."""
+    detected = GaugeMetricFamily(
+        "prefleak_leakage_change_detected",
+        "1 while the CUSUM detector of a windowed series (PLS pair, leakage kind or judge "
+        "habit) is in alarm, else 0.",
+        labels=list(_CHANGE_LABELS),
+    )
+    started = GaugeMetricFamily(
+        "prefleak_leakage_change_start_timestamp_seconds",
+        "Start of the window where the alarming excursion began (the estimated change point).",
+        labels=list(_CHANGE_LABELS),
+    )
+    alarms_first = sorted(analysis.changes, key=lambda c: not c.state.alarm)
+    for change in alarms_first[: bounds.max_pls_series]:
+        labels = [change.subject, *(change.labels.get(k, "") for k in _CHANGE_LABELS[1:])]
+        detected.add_metric(labels, 1.0 if change.state.alarm else 0.0)
+        if change.state.alarm and change.state.started_at is not None:
+            started.add_metric(labels, float(change.state.started_at))
+    yield detected
+    yield started
+
+
+def _bias_families(analysis: Analysis, bounds: MetricsSettings) -> Iterator[Metric]:
+    """Per-judge biases; judges outside the allow-list (when one is set) are left out."""
+    allowed = set(bounds.judges)
+    for name, documentation, attribute in (
+        ("prefleak_judge_position_bias_ratio", "Share of decisive verdicts won by the response "
+         "shown first (0.5 = no position bias).", "position_bias"),
+        ("prefleak_judge_length_bias_logodds", "Log-odds a judge adds per doubling of the length "
+         "ratio of the two responses.", "length_bias"),
+        ("prefleak_judge_self_preference_ratio", "Win-rate points (as a fraction) a judge gives "
+         "its own answers above what other judges give them.", "self_preference"),
+        ("prefleak_judge_human_agreement_kappa", "Cohen's kappa of the judge with human "
+         "verdicts on the same comparisons.", "human_agreement"),
+        ("prefleak_judge_error_bias_ratio", "Win-rate points (as a fraction) the judge gives "
+         "related candidates above the humans' on the same comparisons.", "error_bias"),
+    ):  # fmt: skip
+        family = GaugeMetricFamily(name, documentation, labels=["judge"])
+        scale = 0.01 if attribute in ("self_preference", "error_bias") else 1.0
+        for judge in analysis.biases:
+            estimate = getattr(judge, attribute)
+            if estimate is not None and (not allowed or judge.judge in allowed):
+                family.add_metric([judge.judge], estimate.value * scale)
         yield family
 
 

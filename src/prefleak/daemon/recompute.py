@@ -17,7 +17,7 @@ from prefleak.config import Settings
 from prefleak.daemon.metrics import Metrics, Snapshot, Triple, verdict_series
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
-from prefleak.report import pls_table
+from prefleak.stats.analysis import StatisticsOptions, analyse
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
 
@@ -97,12 +97,11 @@ class Recomputer:
         log.debug("diversity report: %d datasets", len(report.datasets))
 
     def _compute(self, started: float) -> Snapshot:
-        store, pls = self._store, self._settings.pls
+        store = self._store
         cells = Cells.from_rows(store.verdict_rows())
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-        table = pls_table(
-            cells, lineage, ties=pls.ties, n_bootstrap=pls.bootstrap, min_prompts=pls.min_prompts
-        )
+        analysis = analyse(cells, lineage, statistics_options(self._settings))
+        table = [scored.row for scored in analysis.pls if scored.slice == "horizon"]
         verdicts, self._named = verdict_series(cells, lineage, self._settings.metrics, self._named)
         events = store.event_counts()
         dead_letters = store.rejected_count()
@@ -116,4 +115,25 @@ class Recomputer:
             dead_letters=dead_letters,
             newest_event_ts=newest,
             diversity=self._diversity,
+            analysis=analysis,
         )
+
+
+def statistics_options(settings: Settings) -> StatisticsOptions:
+    """The recompute's statistics, as ``serve`` is configured (``pls`` and ``statistics``)."""
+    stats, pls = settings.statistics, settings.pls
+    return StatisticsOptions(
+        window_s=stats.window,
+        horizon_s=stats.horizon,
+        max_windows=stats.max_windows,
+        fdr=stats.fdr,
+        model_bootstrap=stats.model_bootstrap,
+        pls_bootstrap=pls.bootstrap,
+        ties=pls.ties,
+        min_prompts=pls.min_prompts,
+        scale_by_share=stats.scale_by_share,
+        change_threshold=stats.change_threshold,
+        change_slack=stats.change_slack,
+        baseline_windows=stats.baseline_windows,
+        reference=stats.reference,
+    )

@@ -19,12 +19,15 @@ from types import FrameType
 from typing import Any, Protocol
 
 from prefleak import __version__
+from prefleak.check import check, parse_check_request
 from prefleak.config import Settings
 from prefleak.consumers.files import FileWatcher
 from prefleak.consumers.http import BodyResult, ingest_body
-from prefleak.daemon.http import Server
+from prefleak.daemon.http import BearerAuth, Server
 from prefleak.daemon.metrics import Metrics, Snapshot
 from prefleak.daemon.recompute import Recomputer
+from prefleak.lineage import Lineage
+from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.store import AppendResult, EventStore
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,7 @@ class Service:
             )
         if settings.kafka.enabled:
             self._kafka = self._sources["kafka"] = self._kafka_source()
-        self.server = Server((settings.http.host, settings.http.port), self)
+        self.server = Server((settings.http.host, settings.http.port), self, _http_auth(settings))
         self._threads: list[threading.Thread] = []
 
     def _counter(self, source: str) -> Callable[[AppendResult], None]:
@@ -152,6 +155,18 @@ class Service:
             "ties": self.settings.pls.ties,
             "pls": [row.to_json() for row in snapshot.pls],
         }
+
+    def check(self, body: bytes) -> dict[str, Any]:
+        """``POST /v1/check``: as ``prefleak check --json``, on the provenance stored right now.
+
+        The lineage is built per request on a connection of its own (provenance events are few,
+        and a gate must see the events posted just before it, not the last recompute's).
+        """
+        request = parse_check_request(body, self.settings.check.min_severity)
+        with EventStore(self.settings.db) as store:  # as the recompute builds its lineage
+            lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
+        result = check(lineage, request.judges, request.candidates)
+        return result.to_json(request.min_severity)
 
     def status(self) -> dict[str, Any]:
         snapshot = self.snapshot()
@@ -245,6 +260,22 @@ class Service:
             self._reader.close()
         log.info("stopped")
         return 0
+
+
+def _http_auth(settings: Settings) -> BearerAuth | None:
+    """The bearer token check of the HTTP port, when a token is configured (never logged)."""
+    http = settings.http
+    token = http.bearer_token()
+    if token is None:
+        if http.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning(
+                "http.host is %s and no token is set: anyone who reaches the port can post events "
+                "(http.auth_token_file, docs/reliability.md)",
+                http.host,
+            )
+        return None
+    log.info("HTTP: bearer token required for POST%s", " and GET /v1/*" * http.protect_reads)
+    return BearerAuth(token, protect_reads=http.protect_reads)
 
 
 def _iso(ts: float) -> str:

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -32,6 +33,17 @@ class _Event(BaseModel):
 
     id: Id | None = None
     ts: AwareDatetime | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _representable(cls, ts: datetime | None) -> datetime | None:
+        """A time whose UTC instant leaves years 1..9999 could be stored but never read back."""
+        if ts is not None:
+            try:
+                ts.astimezone(UTC).timestamp()
+            except (OverflowError, ValueError):
+                raise ValueError("ts is outside the years 1 to 9999 in UTC") from None
+        return ts
 
 
 class ModelEvent(_Event):

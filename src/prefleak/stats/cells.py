@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from prefleak.pls import both_games
+from prefleak.stats.estimate import KeyArray, prompt_keys
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -24,21 +25,29 @@ NO_LABEL = -1
 
 
 class _Vocabulary:
-    """Names to dense integer codes, in order of first appearance."""
+    """Names to dense integer codes; :meth:`sorted_codes` renumbers them in name order, so the
+    same data gives the same codes (and the same bootstrap draws) whatever order rows came in."""
 
     def __init__(self) -> None:
         self.codes: dict[str, int] = {}
 
-    def code(self, name: str | None) -> int:
-        if name is None:
-            return NO_LABEL
-        code = self.codes.get(name)
-        if code is None:
-            code = self.codes[name] = len(self.codes)
-        return code
+    def encode(self, names: Iterable[str | None]) -> IntArray:
+        """Codes of many names; None (a missing label) is :data:`NO_LABEL`."""
+        names = list(names)
+        for name in dict.fromkeys(names):  # the distinct names, in C
+            if name is not None and name not in self.codes:
+                self.codes[name] = len(self.codes)
+        lookup: dict[str | None, int] = {None: NO_LABEL}
+        lookup.update(self.codes)
+        return np.fromiter(map(lookup.__getitem__, names), dtype=np.int64, count=len(names))
 
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.codes)
+    def sorted_codes(self, codes: IntArray) -> tuple[IntArray, tuple[str, ...]]:
+        """``codes`` renumbered by name order, and the names in that order."""
+        names = sorted(self.codes)
+        rank = np.empty(len(names) + 1, dtype=np.int64)
+        rank[[self.codes[name] for name in names]] = np.arange(len(names))
+        rank[-1] = NO_LABEL  # code -1 indexes the last slot
+        return rank[codes], tuple(names)
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +80,12 @@ class Cells:
     benchmarks: tuple[str, ...]
     categories: tuple[str, ...]
     tracks: tuple[str, ...]
-    n_prompts: int
+    prompt_keys: KeyArray
+    """Per prompt code: the key its bootstrap weights are drawn from (a hash of its name)."""
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.prompt_keys.size)
 
     def __len__(self) -> int:
         return int(self.window.size)
@@ -82,49 +96,52 @@ class Cells:
         several windows)."""
         models, benchmarks, prompts = _Vocabulary(), _Vocabulary(), _Vocabulary()
         categories, tracks = _Vocabulary(), _Vocabulary()
-        codes: list[tuple[int, ...]] = []
-        numbers: list[Sequence[float]] = []
-        for row in rows:
-            window, benchmark, judge, lo, hi, prompt_id = row[:6]
-            codes.append(
-                (
-                    window,
-                    benchmarks.code(benchmark),
-                    models.code(judge),
-                    models.code(lo),
-                    models.code(hi),
-                    prompts.code(f"{benchmark}\x1f{prompt_id}"),
-                    categories.code(row[23]),
-                    tracks.code(row[24]),
-                )
-            )
-            numbers.append(row[6:23])
-        ints = np.array(codes, dtype=np.int64).reshape(-1, 8)
-        counts = np.array(numbers, dtype=np.float64).reshape(-1, 17)
+        columns = list(zip(*rows, strict=True)) or [()] * 25  # column-wise: C loops, not Python
+        ints = np.stack(
+            [
+                np.array(columns[0], dtype=np.int64),
+                benchmarks.encode(columns[1]),
+                models.encode(columns[2]),
+                models.encode(columns[3]),
+                models.encode(columns[4]),
+                prompts.encode(map("{}\x1f{}".format, columns[1], columns[5])),
+                categories.encode(columns[23]),
+                tracks.encode(columns[24]),
+            ],
+            axis=1,
+        ).reshape(-1, 8)
+        counts = np.array(columns[6:23], dtype=np.float64).T.reshape(-1, 17)
         loose, game1, game2 = counts[:, 0:3], counts[:, 3:6], counts[:, 6:9]
         length_n = counts[:, 15]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            length = np.where(length_n > 0, counts[:, 16] / np.maximum(length_n, 1), 0.0)
+        length = np.where(length_n > 0, counts[:, 16] / np.maximum(length_n, 1), 0.0)
+        prompt, prompt_names = prompts.sorted_codes(ints[:, 5])
+        benchmark, benchmark_names = benchmarks.sorted_codes(ints[:, 1])
+        judge, model_names = models.sorted_codes(ints[:, 2])
+        lo, _ = models.sorted_codes(ints[:, 3])
+        hi, _ = models.sorted_codes(ints[:, 4])
+        category, category_names = categories.sorted_codes(ints[:, 6])
+        track, track_names = tracks.sorted_codes(ints[:, 7])
+        # codes follow the name order of the models, so lo < hi holds for codes as for names
         return cls(
             window=ints[:, 0],
-            benchmark=ints[:, 1],
-            judge=ints[:, 2],
-            lo=ints[:, 3],
-            hi=ints[:, 4],
-            prompt=ints[:, 5],
-            category=ints[:, 6],
-            track=ints[:, 7],
+            benchmark=benchmark,
+            judge=judge,
+            lo=lo,
+            hi=hi,
+            prompt=prompt,
+            category=category,
+            track=track,
             outcomes=both_games(loose, game1, game2),
             verdicts=loose + game1 + game2,
             lo_first=counts[:, 9:12],
             hi_first=counts[:, 12:15],
             length=length,
             has_length=length_n > 0,
-            models=models.names(),
-            benchmarks=benchmarks.names(),
-            categories=categories.names(),
-            tracks=tracks.names(),
-            n_prompts=len(prompts.codes),
+            models=model_names,
+            benchmarks=benchmark_names,
+            categories=category_names,
+            tracks=track_names,
+            prompt_keys=prompt_keys(prompt_names),
         )
 
     def select(self, mask: npt.NDArray[np.bool_]) -> Cells:
@@ -148,7 +165,7 @@ class Cells:
             benchmarks=self.benchmarks,
             categories=self.categories,
             tracks=self.tracks,
-            n_prompts=self.n_prompts,
+            prompt_keys=self.prompt_keys,
         )
 
     def model_code(self, name: str) -> int | None:

@@ -4,11 +4,17 @@ Verdicts on one prompt are not independent (both games, every judge, the same tw
 intervals resample *prompts*. Weights are Poisson(1) per prompt and resample: the Poisson
 bootstrap, which needs no gather of drawn rows, is additive across cells and matches the
 multinomial one for the prompt counts prefleak sees (Hanley & MacGibbon 2006).
+
+A weight is a hash of (prompt, resample, seed), not a draw from a stream, so a prompt gets the
+same weights in every table, slice and replica that holds it: statistics computed apart (per
+window, per replica) resample consistently, and the same data always gives the same interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,18 +46,47 @@ def round_sig(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def poisson_weights(n_prompts: int, n_bootstrap: int, seed: int) -> Iterator[FloatArray]:
-    """Chunks of bootstrap weights, shape (resamples in chunk, prompts), n_bootstrap rows in all."""
-    rng = np.random.default_rng(seed)
-    step = max(1, _WEIGHT_CELLS // max(n_prompts, 1))
+KeyArray = npt.NDArray[np.uint64]
+
+_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(18)])
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def prompt_keys(names: Iterable[str]) -> KeyArray:
+    """A 64-bit key per prompt name: what its bootstrap weights are a function of."""
+    digests = b"".join(hashlib.blake2b(n.encode(), digest_size=8).digest() for n in names)
+    return np.frombuffer(digests, dtype=np.uint64).copy()
+
+
+def _mix(x: KeyArray) -> KeyArray:
+    """splitmix64's finaliser: turns structured integers into independent-looking bits."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def poisson_weights(keys: KeyArray, n_bootstrap: int, seed: int = 0) -> Iterator[FloatArray]:
+    """Chunks of bootstrap weights, shape (resamples in chunk, prompts), n_bootstrap rows in all.
+
+    Weight (b, p) is Poisson(1) by inverse CDF of a hash of (keys[p], b, seed).
+    """
+    step = max(1, _WEIGHT_CELLS // max(keys.size, 1))
+    salt = _mix(np.array([seed], dtype=np.uint64) + _GOLDEN)
     for start in range(0, n_bootstrap, step):
-        rows = min(step, n_bootstrap - start)
-        yield rng.poisson(1.0, size=(rows, n_prompts)).astype(np.float64)
+        replicates = np.arange(start, min(start + step, n_bootstrap), dtype=np.uint64)
+        bits = _mix(keys[None, :] ^ _mix((replicates[:, None] + np.uint64(1)) * _GOLDEN ^ salt))
+        uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        yield np.searchsorted(_POISSON_CDF, uniform, side="right").astype(np.float64)
 
 
-def bootstrap_sums(by_prompt: FloatArray, n_bootstrap: int, seed: int) -> FloatArray:
-    """Resampled column sums of per-prompt values (prompts, k) → (n_bootstrap, k)."""
-    chunks = [w @ by_prompt for w in poisson_weights(by_prompt.shape[0], n_bootstrap, seed)]
+def bootstrap_sums(
+    by_prompt: FloatArray, n_bootstrap: int, seed: int = 0, keys: KeyArray | None = None
+) -> FloatArray:
+    """Resampled column sums of per-prompt values (prompts, k) → (n_bootstrap, k); ``keys``
+    name the prompts (default: their row numbers)."""
+    if keys is None:
+        keys = np.arange(by_prompt.shape[0], dtype=np.uint64)
+    chunks = [w @ by_prompt for w in poisson_weights(keys, n_bootstrap, seed)]
     return np.concatenate(chunks) if chunks else np.empty((0, by_prompt.shape[1]))
 
 

@@ -31,19 +31,17 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from prefleak.lineage import Lineage, RelationKind
+from prefleak.lineage import Lineage
 from prefleak.stats.cells import Cells, FloatArray, IntArray
 from prefleak.stats.estimate import bootstrap_sums
+from prefleak.stats.relations import KINDS, RelationTable, relation_table
 
-KINDS: tuple[RelationKind, ...] = (
-    RelationKind.SAME_MODEL,
-    RelationKind.INHERITANCE,
-    RelationKind.SAME_SERIES,
-    RelationKind.SAME_FAMILY,
-)
 STRENGTH_RIDGE = 0.01
 """Penalty on squared strengths: a N(0, 10²) prior, negligible next to any real evidence."""
-LENGTH_BIN = 0.02
+OTHER_RIDGE = 1e-4
+"""Penalty on the other coefficients (a N(0, 100²) prior): keeps a judge that always sided with
+its relative, or a term no verdict separates from another, finite instead of singular."""
+LENGTH_BIN = 0.1
 """Verdicts whose mean log length ratios differ by less than this share a group."""
 MAX_ITERATIONS = 100
 TOLERANCE = 1e-9
@@ -123,10 +121,19 @@ def _observations(cells: Cells) -> _Observations:
     keep = counts.sum(axis=1) > 0
     cell, position, counts = cell[keep], position[keep], counts[keep]
     bins = np.round(cells.length[cell] / LENGTH_BIN).astype(np.int64)
-    columns = [cells.judge[cell], cells.lo[cell], cells.hi[cell], position.astype(np.int64), bins]
-    _, group = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
+    columns = [cells.judge[cell], cells.lo[cell], cells.hi[cell], position.astype(np.int64) + 1]
+    _, group = np.unique(_composite([*columns, bins - bins.min(initial=0)]), return_inverse=True)
     group = group.reshape(-1)
     return _Observations(cell, position, counts, group, int(group.max(initial=-1)) + 1)
+
+
+def _composite(columns: Sequence[IntArray]) -> IntArray:
+    """One int64 key per row from non-negative integer columns (mixed radix), for fast unique."""
+    key = np.zeros(columns[0].size, dtype=np.int64)
+    for column in columns:
+        radix = int(column.max(initial=0)) + 1
+        key = key * radix + column
+    return key
 
 
 @dataclass
@@ -144,29 +151,10 @@ class _Design:
     """Per column: verdicts whose covariate is not zero."""
 
 
-def _relations(
-    cells: Cells, lineage: Lineage, scale_by_share: bool
-) -> dict[tuple[int, int], tuple[int, float]]:
-    """(judge, candidate) codes → (index in KINDS, covariate) for every related pair seen."""
-    pairs = set(zip(cells.judge.tolist(), cells.lo.tolist(), strict=True))
-    pairs |= set(zip(cells.judge.tolist(), cells.hi.tolist(), strict=True))
-    found: dict[tuple[int, int], tuple[int, float]] = {}
-    for judge, candidate in pairs:
-        if judge == candidate:
-            continue  # self-preference has its own term
-        relation = lineage.relation(cells.models[judge], cells.models[candidate])
-        if relation.related:
-            found[(judge, candidate)] = (
-                KINDS.index(relation.kind),
-                relation.share if scale_by_share else 1.0,
-            )
-    return found
-
-
 def _design(
     cells: Cells,
     obs: _Observations,
-    lineage: Lineage,
+    relations: RelationTable,
     *,
     scale_by_share: bool,
     relation_terms: bool,
@@ -185,6 +173,7 @@ def _design(
         np.bincount(obs.group, weights=cells.has_length[obs.cell] * weight, minlength=n_groups) > 0
     )
 
+    judges = np.unique(judge).tolist()
     rows: list[IntArray] = []
     cols: list[IntArray] = []
     values: list[FloatArray] = []
@@ -202,28 +191,26 @@ def _design(
         return index
 
     all_rows = np.arange(n_groups)
-    candidates = sorted(set(lo.tolist()) | set(hi.tolist()))
-    for candidate in candidates:
-        add_column(
-            f"strength:{cells.models[candidate]}",
-            all_rows,
-            (lo == candidate).astype(np.float64) - (hi == candidate),
-        )
+    present, index_of = np.unique(np.concatenate([lo, hi]), return_inverse=True)
+    candidates = present.tolist()
+    names.extend(f"strength:{cells.models[c]}" for c in candidates)
+    rows.append(np.concatenate([all_rows, all_rows]))
+    cols.append(index_of.reshape(-1))
+    values.append(np.repeat([1.0, -1.0], n_groups))
     kinds: dict[str, int] = {}
     selves: dict[int, int] = {}
     if relation_terms:
-        related = _relations(cells, lineage, scale_by_share)
         covariates = np.zeros((n_groups, len(KINDS)))
         for side, sign in ((lo, 1.0), (hi, -1.0)):
-            for g, (j, c) in enumerate(zip(judge.tolist(), side.tolist(), strict=True)):
-                hit = related.get((j, c))
-                if hit is not None:
-                    covariates[g, hit[0]] += sign * hit[1]
+            kind_index = relations.kind[judge, side]
+            hit = (kind_index >= 0) & (judge != side)  # the judge itself: self-preference's term
+            amount = relations.share[judge, side] if scale_by_share else np.ones(n_groups)
+            np.add.at(covariates, (np.flatnonzero(hit), kind_index[hit]), sign * amount[hit])
         for k, kind in enumerate(KINDS):
             index = add_column(f"leakage:{kind.value}", all_rows, covariates[:, k])
             if index is not None:
                 kinds[kind.value] = index
-        for j in sorted(set(judge.tolist())):
+        for j in judges:
             mine = judge == j
             index = add_column(
                 f"self:{cells.models[j]}",
@@ -234,7 +221,7 @@ def _design(
                 selves[j] = index
     positions: dict[int, int] = {}
     lengths: dict[int, int] = {}
-    for j in sorted(set(judge.tolist())):
+    for j in judges:
         mine = judge == j
         index = add_column(f"position:{cells.models[j]}", all_rows[mine], position[mine])
         if index is not None:
@@ -302,7 +289,7 @@ def _fit(design: _Design, group_counts: FloatArray, with_ties: bool) -> _Solutio
     """Fisher scoring with step halving; ``log_tau`` is None when no verdict was a tie."""
     x = design.matrix
     n_params = x.shape[1]
-    ridge = np.zeros(n_params)
+    ridge = np.full(n_params, OTHER_RIDGE)
     ridge[: len(design.candidates)] = STRENGTH_RIDGE
     beta = np.zeros(n_params)
     log_tau = np.log(0.3) if with_ties else None
@@ -326,7 +313,7 @@ def _fit(design: _Design, group_counts: FloatArray, with_ties: bool) -> _Solutio
         information[n_params, n_params] = (n * w_tt).sum()
         if log_tau is None:
             information[n_params, n_params], gradient[n_params] = 1.0, 0.0
-        step = np.linalg.solve(information, gradient)
+        step = _solve(information, gradient)
         scale = 1.0
         while True:
             candidate_beta = beta + scale * step[:n_params]
@@ -345,7 +332,16 @@ def _fit(design: _Design, group_counts: FloatArray, with_ties: bool) -> _Solutio
     if log_tau is None:
         information[n_params, :] = information[:, n_params] = 0.0
         information[n_params, n_params] = 1.0
-    return _Solution(beta, log_tau, np.asarray(np.linalg.inv(information), np.float64), converged)
+    inverse = np.linalg.pinv(information, hermitian=True)
+    return _Solution(beta, log_tau, np.asarray(inverse, np.float64), converged)
+
+
+def _solve(information: FloatArray, gradient: FloatArray) -> FloatArray:
+    """The Fisher step; least squares where the information is (numerically) singular."""
+    try:
+        return np.asarray(np.linalg.solve(information, gradient), np.float64)
+    except np.linalg.LinAlgError:
+        return np.asarray(np.linalg.lstsq(information, gradient, rcond=None)[0], np.float64)
 
 
 def _bootstrap(
@@ -366,19 +362,18 @@ def _bootstrap(
     inverse = solution.information_inverse[rows]  # (m, K + 1)
     through_eta = design.matrix @ inverse[:, :n_params].T  # (groups, m)
     prompts = cells.prompt[obs.cell]
-    summed = np.stack(
-        [
-            np.bincount(
-                prompts,
-                weights=score_eta * through_eta[obs.group, k] + score_t * inverse[k, n_params],
-                minlength=cells.n_prompts,
-            )
-            for k in range(len(rows))
-        ],
-        axis=1,
+    # per prompt: sum over its verdicts of score x (information^-1 x design row); grouping the
+    # eta scores by (prompt, group) first makes it one sparse product instead of m passes
+    by_group = sparse.csr_matrix(
+        (score_eta, (prompts, obs.group)), shape=(cells.n_prompts, obs.n_groups)
     )
-    per_prompt: FloatArray = np.asarray(summed[np.any(summed != 0, axis=1)], dtype=np.float64)
-    draws = bootstrap_sums(per_prompt, n_bootstrap, seed) - per_prompt.sum(axis=0)
+    summed = np.asarray(by_group @ through_eta) + np.outer(
+        np.bincount(prompts, weights=score_t, minlength=cells.n_prompts), inverse[:, n_params]
+    )
+    present = np.any(summed != 0, axis=1)
+    per_prompt: FloatArray = np.asarray(summed[present], dtype=np.float64)
+    keys = cells.prompt_keys[present]
+    draws = bootstrap_sums(per_prompt, n_bootstrap, seed, keys) - per_prompt.sum(axis=0)
     centre = np.append(solution.beta[list(interest)], solution.log_tau or 0.0)
     return np.asarray(centre + draws)
 
@@ -391,13 +386,17 @@ def fit_leakage(
     relation_terms: bool = True,
     n_bootstrap: int = 200,
     seed: int = 0,
+    relations: RelationTable | None = None,
 ) -> LeakageFit | None:
-    """Fit the model to the cells; None when they hold no verdict."""
+    """Fit the model to the cells; None when they hold no verdict. ``relations`` (of the cells'
+    vocabulary) saves asking the lineage again when the caller fits many slices."""
     obs = _observations(cells)
     if obs.n_groups == 0:
         return None
+    if relations is None:
+        relations = relation_table(lineage, cells.models, np.unique(cells.judge).tolist())
     design = _design(
-        cells, obs, lineage, scale_by_share=scale_by_share, relation_terms=relation_terms
+        cells, obs, relations, scale_by_share=scale_by_share, relation_terms=relation_terms
     )
     group_counts = np.zeros((obs.n_groups, 3))
     for o in range(3):

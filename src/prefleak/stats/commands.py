@@ -1,0 +1,180 @@
+"""The ``leaderboard`` and ``biases`` subcommands, and what ``report`` shares with them.
+
+All three run one recompute (:func:`prefleak.stats.analysis.analyse`) over the stored verdicts,
+with the windows, horizon and false discovery rate given as flags (defaults as in ``serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prefleak.config import StatisticsSettings, add_db_option, default_db, parse_duration
+from prefleak.lineage import Lineage
+from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TIE_POLICIES
+from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse
+from prefleak.stats.cells import Cells
+from prefleak.store import EventStore
+
+EXIT_OK = 0
+_DEFAULTS = StatisticsSettings()
+
+
+def _duration(text: str) -> int:
+    try:
+        return int(parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_statistics_options(parser: argparse.ArgumentParser) -> None:
+    """Flags every analysing command takes."""
+    parser.add_argument("--benchmark", help="only this benchmark")
+    parser.add_argument("--window", type=_duration, default=_DEFAULTS.window,
+                        help="tumbling window (1h, 1d, ... or seconds), whole hours")  # fmt: skip
+    parser.add_argument("--horizon", type=_duration, default=_DEFAULTS.horizon,
+                        help="sliding horizon of the headline numbers (e.g. 7d)")  # fmt: skip
+    parser.add_argument("--fdr", type=float, default=_DEFAULTS.fdr,
+                        help="false discovery rate of the significant flags")  # fmt: skip
+    parser.add_argument("--ties", choices=TIE_POLICIES, default="loss",
+                        help="how a tie counts in PLS win rates (the paper: loss)")  # fmt: skip
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                        help="PLS bootstrap resamples (0: no interval)")  # fmt: skip
+    parser.add_argument("--model-bootstrap", type=int, default=_DEFAULTS.model_bootstrap,
+                        help="one-step bootstrap resamples of the leakage model")  # fmt: skip
+    parser.add_argument("--min-prompts", type=int, default=DEFAULT_MIN_PROMPTS,
+                        help="fewer shared prompts leave a PLS row undefined")  # fmt: skip
+    parser.add_argument("--reference", help="leaderboard reference model "
+                        "(default: the candidate with the most comparisons)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def analyse_store(args: argparse.Namespace) -> Analysis:
+    """One recompute over the store named by ``--db``, with the flags' options."""
+    options = StatisticsOptions(
+        window_s=args.window,
+        horizon_s=args.horizon,
+        fdr=args.fdr,
+        model_bootstrap=args.model_bootstrap,
+        pls_bootstrap=args.bootstrap,
+        ties=args.ties,
+        min_prompts=args.min_prompts,
+        reference=args.reference,
+    )
+    with EventStore(args.db or default_db()) as store:
+        cells = Cells.from_rows(store.verdict_rows(args.benchmark))
+        lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
+    return analyse(cells, lineage, options)
+
+
+def envelope(schema: str, analysis: Analysis) -> dict[str, Any]:
+    """The keys every statistics JSON document starts with."""
+    return {
+        "schema": schema,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "horizon": analysis.horizon_json(),
+        "window_s": analysis.window_s,
+    }
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    analysis = analyse_store(args)
+    board = analysis.leaderboard
+    if args.json:
+        payload = envelope("prefleak.leaderboard/1", analysis)
+        payload.update(board.to_json() if board else {"reference": None, "rows": []})
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    if board is None:
+        print("No verdicts in the horizon yet: nothing to rank.")
+        return EXIT_OK
+    print(f"Win rate against {board.reference} (ties count half), raw and with leakage removed:")
+    header = ("rank", "model", "raw", "debiased", "raw rank", "moved", "comparisons")
+    lines = [header]
+    for row in board.rows:
+        moved = row.raw_rank - row.debiased_rank
+        lines.append((str(row.debiased_rank), row.model, f"{100 * row.raw_win_rate:.1f}%",
+                      f"{100 * row.debiased_win_rate:.1f}%", str(row.raw_rank),
+                      f"{moved:+d}" if moved else "", str(row.comparisons)))  # fmt: skip
+    print(render(lines))
+    return EXIT_OK
+
+
+def _cmd_biases(args: argparse.Namespace) -> int:
+    analysis = analyse_store(args)
+    if args.json:
+        payload = envelope("prefleak.biases/1", analysis)
+        payload["judges"] = [judge.to_json() for judge in analysis.biases]
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    if not analysis.biases:
+        print("No verdicts in the horizon yet.")
+        return EXIT_OK
+    lines: list[tuple[str, ...]] = [("judge", "position (first wins)", "length (log-odds/doubling)",
+              "self-preference (pp)", "human kappa", "error bias (pp)", "verdicts")]  # fmt: skip
+    for judge in analysis.biases:
+        lines.append((judge.judge, *(_estimate(e) for e in (
+            judge.position_bias, judge.length_bias, judge.self_preference,
+            judge.human_agreement, judge.error_bias)), str(judge.n_verdicts)))  # fmt: skip
+    print(render(lines))
+    print("\n'-' means the data cannot tell (docs/statistics.md says what each needs).")
+    return EXIT_OK
+
+
+def _estimate(estimate: Any) -> str:
+    if estimate is None:
+        return "-"
+    if estimate.ci is None:
+        return f"{estimate.value:.3g}"
+    return f"{estimate.value:.3g} [{estimate.ci[0]:.3g}, {estimate.ci[1]:.3g}]"
+
+
+def render(lines: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(line[c]) for line in lines) for c in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+_LEADERBOARD_DETAILS = """\
+Ranks candidates by their fitted strength against a reference model twice: as a naive
+paired-comparison fit that ignores lineage (raw), and with every judge's leakage toward related
+candidates, self-preference, position and length habits taken out (debiased). A rank that moves
+is a rank that preference leakage bought. Model: docs/statistics.md.
+
+example:
+  prefleak leaderboard --horizon 7d --reference gpt-3.5-baseline"""
+
+_BIASES_DETAILS = """\
+Per judge, with 95 % prompt-bootstrap intervals: position bias (share of decisive verdicts won
+by the response shown first; 0.5 = none), length bias (log-odds per doubling of the length
+ratio), self-preference (points the judge gives its own answers above other judges), agreement
+with humans (Cohen's kappa) and error bias toward related candidates versus humans. Read it
+before blaming leakage: a judge that loves long answers is not necessarily leaking.
+
+example:
+  prefleak biases --json | jq '.judges[] | {judge, position_bias}'"""
+
+
+def register(commands: Any) -> None:
+    """Add ``leaderboard`` and ``biases`` to the CLI's subcommands."""
+    for name, summary, details, handler in (
+        ("leaderboard", "raw and debiased leaderboard", _LEADERBOARD_DETAILS, _cmd_leaderboard),
+        ("biases", "position, length, self-preference and human agreement per judge",
+         _BIASES_DETAILS, _cmd_biases),
+    ):  # fmt: skip
+        parser = commands.add_parser(
+            name,
+            help=summary,
+            description=details,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_db_option(parser)
+        add_statistics_options(parser)
+        parser.set_defaults(handler=handler)
