@@ -54,6 +54,11 @@ CHUNK_EVENTS = 5000
 NO_DATA_PANELS = {
     # Only with Kafka configured; the test feeds events over HTTP.
     ("Kafka consumer lag", "A"),
+    # Only while a change detector is in alarm: the simulated leakage does not change over time.
+    ("Change alarms", "A"),
+    ("Change alarms", "B"),
+    # Needs judges that are also candidates (Scenario.judges_as_candidates, off here).
+    ("Self-preference and error bias per judge", "A"),
 }
 PROCESS_ENV = {
     "PREFLEAK_RECOMPUTE__INTERVAL_S": "1",

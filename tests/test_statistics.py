@@ -460,7 +460,9 @@ def test_a_step_in_leakage_raises_an_alarm_within_two_windows() -> None:
     assert _rate(prompt_on_time) >= 0.9, (
         f"same_model leakage alarm delays (windows after the step): {delays}"
     )
-    assert _rate(pls_alarmed) >= 0.9, f"a PLS series alarmed after the step in {pls_alarmed}"
+    # 20 prompts a window is below CHANGE_MIN_PROMPTS: windowed PLS is too noisy to watch there,
+    # so the leakage series (which pools every judge pair) is what catches this step
+    assert not any(pls_alarmed), pls_alarmed
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ JSON differs from what this script prints, so never edit the JSON by hand; run::
 
     python deploy/grafana/build_dashboard.py --out deploy/grafana/dashboards/prefleak.json
 
-Left out on purpose (no metric yet; later issues add them): judge position/length bias panels
-and the probes row (prefleak_probe_*). See docs/alerts.md, "Dashboard".
+Left out on purpose (no metric yet; a later issue adds them): the probes row (prefleak_probe_*).
+See docs/alerts.md, "Dashboard".
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from grafana_foundation_sdk.models.dashboard import (
     DynamicConfigValue,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableRefresh,
     VariableSort,
 )
@@ -41,6 +43,18 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 PLS_LABELS = "benchmark, judge_i, judge_j, student_i, student_j, relation_i, relation_j"
 VERDICTS = 'benchmark=~"$benchmark", judge=~"$judge"'
 DATASET = 'dataset=~"$dataset"'
+JUDGE = 'judge=~"$judge"'
+POOLED = 'benchmark="*"'
+"""The leakage model's rows pooled over all benchmarks (docs/statistics.md)."""
+PER_BENCHMARK = 'benchmark!="*", benchmark=~"$benchmark"'
+RELATION_KINDS = {
+    "same_model": "red",
+    "inheritance": "orange",
+    "same_series": "yellow",
+    "same_family": "blue",
+}
+"""Related kinds (prefleak.lineage.RelationKind, unrelated excepted), each with the colour of its
+line and interval band; fixed names, so the band can fill between named series."""
 
 
 def query(
@@ -280,8 +294,199 @@ def leakage_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | t
     ]
 
 
+def leakage_model_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | table.Panel]:
+    """The leakage model: effect per relation kind, its significance, and the change alarms."""
+    effect = (
+        graph(
+            "Pooled leakage effect per relation kind (95 % CI, log-odds)",
+            "none",
+            "Leakage effect of each relation kind from the paired-comparison model of all verdicts "
+            '(benchmark="*": pooled over benchmarks and judges), in log-odds a judge adds for a '
+            "fully related candidate, with its 95 % prompt-bootstrap interval as a band. "
+            "PrefleakLeakageEffectSignificant fires when it is significant and the lower bound is "
+            "above 0.1. docs/statistics.md.",
+            query(f"prefleak_leakage_effect_logodds{{{POOLED}}}", "{{relation}}", "A"),
+            query(f"prefleak_leakage_effect_ci_low_logodds{{{POOLED}}}", "{{relation}} low", "B"),
+            query(f"prefleak_leakage_effect_ci_high_logodds{{{POOLED}}}", "{{relation}} high", "C"),
+        )
+        .span(16)
+        .height(9)
+    )
+    hidden_bound = [
+        DynamicConfigValue(id_val="custom.lineWidth", value=0),
+        DynamicConfigValue(
+            id_val="custom.hideFrom", value={"legend": True, "tooltip": False, "viz": False}
+        ),
+    ]
+    for kind, color in RELATION_KINDS.items():
+        fixed = DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})
+        effect = (
+            effect.override_by_name(kind, [fixed])
+            .override_by_name(f"{kind} low", [fixed, *hidden_bound])
+            .override_by_name(
+                f"{kind} high",
+                [
+                    fixed,
+                    *hidden_bound,
+                    DynamicConfigValue(id_val="custom.fillBelowTo", value=f"{kind} low"),
+                    DynamicConfigValue(id_val="custom.fillOpacity", value=15),
+                ],
+            )
+        )
+    flags = (
+        stat.Panel()
+        .title("Significant leakage effects")
+        .description(
+            "prefleak_leakage_significant: 1 when a relation kind's effect is significant at "
+            "statistics.fdr (Benjamini-Hochberg), pooled and per selected benchmark."
+        )
+        .unit("none")
+        .datasource(DATASOURCE)
+        .span(8)
+        .height(9)
+        .with_target(
+            query(f"prefleak_leakage_significant{{{POOLED}}}", "{{relation}} (pooled)", "A")
+        )
+        .with_target(
+            query(
+                f"prefleak_leakage_significant{{{PER_BENCHMARK}}}",
+                "{{relation}} {{benchmark}}",
+                "B",
+            )
+        )
+        .mappings(
+            [
+                ValueMap(
+                    options={
+                        "0": ValueMappingResult(text="no", color="green", index=0),
+                        "1": ValueMappingResult(text="significant", color="red", index=1),
+                    }
+                )
+            ]
+        )
+        .thresholds(
+            dashboard.ThresholdsConfig()
+            .mode(ThresholdsMode.ABSOLUTE)
+            .steps([Threshold(value=None, color="green"), Threshold(value=1.0, color="red")])
+        )
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
+    )
+    pls_rows = (
+        stat.Panel()
+        .title("PLS rows significant at the FDR")
+        .description(
+            "PLS rows (filtered by benchmark and judge) flagged by prefleak_pls_significant "
+            "(Benjamini-Hochberg at statistics.fdr), out of the rows with a test."
+        )
+        .unit("none")
+        .datasource(DATASOURCE)
+        .span(12)
+        .height(8)
+        .with_target(query(f"sum({pls('prefleak_pls_significant')})", "significant", "A"))
+        .with_target(query(f"count({pls('prefleak_pls_significant')})", "tested", "B"))
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
+    )
+    detected = "prefleak_leakage_change_detected == 1"
+    alarms = (
+        table.Panel()
+        .title("Change alarms")
+        .description(
+            "Series whose CUSUM change detector is in alarm (prefleak_leakage_change_detected "
+            "== 1): a PLS row (subject pls), the pooled effect of a relation kind (leakage) or a "
+            "judge's habit (position, length, self_preference), with the start of the window "
+            "where the change began. Empty is good. prefleak report --json lists them all."
+        )
+        .unit("none")
+        .datasource(DATASOURCE)
+        .span(24)
+        .height(8)
+        # Aggregation and arithmetic drop the metric name, so the two frames merge by labels.
+        .with_target(query(f"max without () ({detected})", ref="A", instant=True))
+        .with_target(
+            query(
+                f"1000 * (prefleak_leakage_change_start_timestamp_seconds and ({detected}))",
+                ref="B",
+                instant=True,
+            )
+        )
+        .with_transformation(DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {
+                        "Time": True,
+                        "job": True,
+                        "instance": True,
+                        "Value #A": True,
+                    },
+                    "renameByName": {"Value #B": "change started"},
+                },
+            )
+        )
+        .override_by_name(
+            "change started", [DynamicConfigValue(id_val="unit", value="dateTimeAsIso")]
+        )
+        .sort_by(
+            [common_builders.TableSortByFieldState().display_name("change started").desc(True)]
+        )
+    )
+    return [
+        effect,
+        flags,
+        graph(
+            "Leakage effect per benchmark (win-rate points)",
+            "percentunit",
+            "prefleak_leakage_effect_ratio per selected benchmark and relation kind: the win "
+            "rate a fully related candidate gains against an equal one (0.05 = 5 points).",
+            query(
+                f"prefleak_leakage_effect_ratio{{{PER_BENCHMARK}}}", "{{benchmark}} {{relation}}"
+            ),
+        ).span(12),
+        pls_rows,
+        alarms,
+    ]
+
+
+def judge_bias_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | table.Panel]:
+    """Per-judge habits over the horizon (prefleak biases); read them before blaming leakage."""
+    return [
+        graph(
+            "Position bias per judge",
+            "percentunit",
+            "Share of decisive verdicts won by the response shown first (50 % = no position "
+            "bias), from verdicts that say which response came first.",
+            query(f"prefleak_judge_position_bias_ratio{{{JUDGE}}}", "{{judge}}"),
+        ).span(6),
+        graph(
+            "Length bias per judge (log-odds per doubling)",
+            "none",
+            "Log-odds a judge adds per doubling of the length ratio of the two responses, from "
+            "the leakage model (quality held fixed); 0 = no length bias.",
+            query(f"prefleak_judge_length_bias_logodds{{{JUDGE}}}", "{{judge}}"),
+        ).span(6),
+        graph(
+            "Agreement with humans (Cohen's kappa)",
+            "none",
+            "Cohen's kappa of each judge with the human verdicts on the same comparisons "
+            "(needs 10 shared comparisons); 1 = perfect, 0 = chance.",
+            query(f"prefleak_judge_human_agreement_kappa{{{JUDGE}}}", "{{judge}}"),
+        ).span(6),
+        graph(
+            "Self-preference and error bias per judge",
+            "percentunit",
+            "Self-preference: win-rate points a judge gives its own answers above what other "
+            "judges give them. Error bias: points it gives related candidates above the humans "
+            "on the same comparisons.",
+            query(f"prefleak_judge_self_preference_ratio{{{JUDGE}}}", "{{judge}} self", "A"),
+            query(f"prefleak_judge_error_bias_ratio{{{JUDGE}}}", "{{judge}} vs humans", "B"),
+        ).span(6),
+    ]
+
+
 def judge_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | table.Panel]:
-    """Per-judge views on existing metrics; position and length bias wait for their metrics."""
+    """Per-judge views on the verdict counters; the model's biases have a row of their own."""
     return [
         graph(
             "Win rate by relation of judge to candidate",
@@ -407,7 +612,9 @@ def build() -> dict[str, object]:
     rows: list[tuple[str, list[dashboard.Panel | timeseries.Panel | stat.Panel | table.Panel]]] = [
         ("Overview", overview_panels()),
         ("Leakage", leakage_panels()),
+        ("Leakage model", leakage_model_panels()),
         ("Judges", judge_panels()),
+        ("Judge biases", judge_bias_panels()),
         ("Diversity and coverage", diversity_panels()),
     ]
     for title, panels in rows:

@@ -60,11 +60,6 @@ class PLSRow:
     human: HumanBias | None
     se: float | None = None
 
-    @property
-    def significant(self) -> bool:
-        """The whole confidence interval lies above zero."""
-        return self.ci_low is not None and self.ci_low > 0
-
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

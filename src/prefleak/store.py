@@ -279,23 +279,26 @@ def projection_window(ts: float) -> int:
 
 
 def verdict_cell(verdict: VerdictEvent, ts: float) -> Cell:
-    """The projection row of one verdict and the counters it adds to."""
-    a_is_lo = verdict.model_a < verdict.model_b
-    lo, hi = (verdict.model_a, verdict.model_b) if a_is_lo else (verdict.model_b, verdict.model_a)
-    outcome = 2 if verdict.winner == "tie" else 0 if (verdict.winner == "a") == a_is_lo else 1
+    """The projection row of one verdict and the counters it adds to (once per verdict: kept
+    to plain operations)."""
+    a, b = verdict.model_a, verdict.model_b
+    a_is_lo = a < b
+    winner = verdict.winner
+    outcome = 2 if winner == "tie" else 0 if (winner == "a") == a_is_lo else 1
     position = -1
     if verdict.first is not None:
-        lo_first = (verdict.first == "a") == a_is_lo
-        position = 9 + (0 if lo_first else 3) + outcome
+        position = (9 if (verdict.first == "a") == a_is_lo else 12) + outcome
     length = None
     if verdict.len_a is not None and verdict.len_b is not None:
-        len_lo, len_hi = (
-            (verdict.len_a, verdict.len_b) if a_is_lo else (verdict.len_b, verdict.len_a)
-        )
-        length = math.log(len_lo + 1) - math.log(len_hi + 1)  # no overflow for huge lengths
-    key = (projection_window(ts), verdict.benchmark, verdict.judge, lo, hi, verdict.prompt_id)
-    return Cell(key, 3 * (verdict.game or 0) + outcome, position, length, verdict.category,
-                verdict.track)  # fmt: skip
+        length = math.log(verdict.len_a + 1) - math.log(verdict.len_b + 1)  # no overflow
+        if not a_is_lo:
+            length = -length
+    window = int(ts // PROJECTION_WINDOW_S) * PROJECTION_WINDOW_S
+    key = (window, verdict.benchmark, verdict.judge, a if a_is_lo else b, b if a_is_lo else a,
+           verdict.prompt_id)  # fmt: skip
+    game = verdict.game
+    return _new_tuple(Cell, (key, 3 * game + outcome if game else outcome, position, length,
+                             verdict.category, verdict.track))  # fmt: skip
 
 
 SampleRow = tuple[str, int, int, str, float, str, str | None, str | None, str | None]

@@ -38,7 +38,7 @@ class _Event(BaseModel):
     @classmethod
     def _representable(cls, ts: datetime | None) -> datetime | None:
         """A time whose UTC instant leaves years 1..9999 could be stored but never read back."""
-        if ts is not None:
+        if ts is not None and not 1 < ts.year < 9999:  # only the edge years can leave the range
             try:
                 ts.astimezone(UTC).timestamp()
             except (OverflowError, ValueError):

@@ -90,6 +90,13 @@ def _ci_json(ci: tuple[float, float] | None) -> list[float] | None:
     return None if ci is None else [round_sig(ci[0]), round_sig(ci[1])]
 
 
+def _slice(window: int | None, category: str | None, track: str | None) -> str:
+    """``horizon``, ``window`` or ``breakdown``: which table of the report a row belongs to."""
+    if window is not None:
+        return "window"
+    return "horizon" if category is None and track is None else "breakdown"
+
+
 def _num(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round_sig(value)
 
@@ -116,10 +123,7 @@ class ScoredPLS:
 
     @property
     def slice(self) -> str:
-        """``horizon``, ``window`` or ``breakdown``: which table of the report it belongs to."""
-        if self.window is not None:
-            return "window"
-        return "horizon" if self.category is None and self.track is None else "breakdown"
+        return _slice(self.window, self.category, self.track)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,10 +157,7 @@ class LeakageRow:
 
     @property
     def slice(self) -> str:
-        """``horizon``, ``window`` or ``breakdown``: which table of the report it belongs to."""
-        if self.window is not None:
-            return "window"
-        return "horizon" if self.category is None and self.track is None else "breakdown"
+        return _slice(self.window, self.category, self.track)
 
     def to_json(self) -> dict[str, Any]:
         return {
