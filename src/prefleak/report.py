@@ -24,7 +24,7 @@ from prefleak.pls import (
     estimate_many,
     win_rate,
 )
-from prefleak.stats.cells import Cells, IntArray
+from prefleak.stats.cells import Cells, IntArray, composite_key
 from prefleak.stats.relations import KINDS, RelationTable, relation_table
 
 
@@ -64,14 +64,6 @@ class PLSRow:
         return asdict(self)
 
 
-def _composite(columns: list[IntArray]) -> IntArray:
-    """One int64 key per row from non-negative integer columns (mixed radix), order-preserving."""
-    key = np.zeros(columns[0].size, dtype=np.int64)
-    for column in columns:
-        key = key * (int(column.max(initial=0)) + 1) + column
-    return key
-
-
 @dataclass(frozen=True)
 class _JudgeCounts:
     """Outcomes summed per (benchmark, lo, hi, judge, prompt), sorted so each (benchmark, lo, hi,
@@ -90,7 +82,7 @@ class _JudgeCounts:
 
 
 def _judge_counts(cells: Cells) -> _JudgeCounts:
-    key = _composite([cells.benchmark, cells.lo, cells.hi, cells.judge, cells.prompt])
+    key = composite_key([cells.benchmark, cells.lo, cells.hi, cells.judge, cells.prompt])
     unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     outcomes = np.stack(
@@ -99,10 +91,10 @@ def _judge_counts(cells: Cells) -> _JudgeCounts:
     ).astype(np.float64)
     benchmark, lo, hi = cells.benchmark[first], cells.lo[first], cells.hi[first]
     judge = cells.judge[first]
-    slice_key = _composite([benchmark, lo, hi, judge])
+    slice_key = composite_key([benchmark, lo, hi, judge])
     start = np.flatnonzero(np.r_[True, slice_key[1:] != slice_key[:-1]])
     end = np.r_[start[1:], unique.size]
-    pair_key = _composite([benchmark[start], lo[start], hi[start]])
+    pair_key = composite_key([benchmark[start], lo[start], hi[start]])
     pair = np.cumsum(np.r_[False, pair_key[1:] != pair_key[:-1]])
     return _JudgeCounts(
         cells.prompt[first], outcomes, benchmark[start], lo[start], hi[start], judge[start],

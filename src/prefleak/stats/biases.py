@@ -65,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from prefleak.lineage import Lineage
-from prefleak.stats.cells import Cells
+from prefleak.stats.cells import Cells, composite_key
 from prefleak.stats.estimate import Estimate, KeyArray, bootstrap_sums, percentile_ci
 
 IntArray = npt.NDArray[np.int64]
@@ -124,19 +124,20 @@ class _Comparisons:
 
     @classmethod
     def of(cls, cells: Cells) -> _Comparisons:
-        keys = np.stack([cells.judge, cells.prompt, cells.lo, cells.hi], axis=1)
-        rows, inverse = np.unique(keys, axis=0, return_inverse=True)
+        keys = composite_key([cells.judge, cells.prompt, cells.lo, cells.hi])
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         outcomes = np.stack(
-            [np.bincount(inverse, cells.outcomes[:, k], minlength=len(rows)) for k in range(3)],
+            [np.bincount(inverse, cells.outcomes[:, k], minlength=len(unique)) for k in range(3)],
             axis=1,
         ).astype(np.float64)
-        pairs, comparison = np.unique(rows[:, 1:], axis=0, return_inverse=True)
+        prompt, lo, hi = cells.prompt[first], cells.lo[first], cells.hi[first]
+        pairs, comparison = np.unique(composite_key([prompt, lo, hi]), return_inverse=True)
         return cls(
-            judge=rows[:, 0],
-            prompt=rows[:, 1],
-            lo=rows[:, 2],
-            hi=rows[:, 3],
+            judge=cells.judge[first],
+            prompt=prompt,
+            lo=lo,
+            hi=hi,
             comparison=comparison.reshape(-1),
             outcomes=outcomes,
             n_comparisons=len(pairs),

@@ -174,3 +174,12 @@ class Cells:
             return self.models.index(name)
         except ValueError:
             return None
+
+
+def composite_key(columns: Sequence[IntArray]) -> IntArray:
+    """One int64 per row from non-negative integer columns (mixed radix, order-preserving):
+    sorting or ``np.unique`` on it is many times faster than on the stacked columns."""
+    key = np.zeros(columns[0].size, dtype=np.int64)
+    for column in columns:
+        key = key * (int(column.max(initial=0)) + 1) + column
+    return key

@@ -32,7 +32,7 @@ import numpy.typing as npt
 from scipy import sparse
 
 from prefleak.lineage import Lineage
-from prefleak.stats.cells import Cells, FloatArray, IntArray
+from prefleak.stats.cells import Cells, FloatArray, IntArray, composite_key
 from prefleak.stats.estimate import bootstrap_sums
 from prefleak.stats.relations import KINDS, RelationTable, relation_table
 
@@ -122,18 +122,9 @@ def _observations(cells: Cells) -> _Observations:
     cell, position, counts = cell[keep], position[keep], counts[keep]
     bins = np.round(cells.length[cell] / LENGTH_BIN).astype(np.int64)
     columns = [cells.judge[cell], cells.lo[cell], cells.hi[cell], position.astype(np.int64) + 1]
-    _, group = np.unique(_composite([*columns, bins - bins.min(initial=0)]), return_inverse=True)
+    _, group = np.unique(composite_key([*columns, bins - bins.min(initial=0)]), return_inverse=True)
     group = group.reshape(-1)
     return _Observations(cell, position, counts, group, int(group.max(initial=-1)) + 1)
-
-
-def _composite(columns: Sequence[IntArray]) -> IntArray:
-    """One int64 key per row from non-negative integer columns (mixed radix), for fast unique."""
-    key = np.zeros(columns[0].size, dtype=np.int64)
-    for column in columns:
-        radix = int(column.max(initial=0)) + 1
-        key = key * radix + column
-    return key
 
 
 @dataclass
@@ -332,7 +323,10 @@ def _fit(design: _Design, group_counts: FloatArray, with_ties: bool) -> _Solutio
     if log_tau is None:
         information[n_params, :] = information[:, n_params] = 0.0
         information[n_params, n_params] = 1.0
-    inverse = np.linalg.pinv(information, hermitian=True)
+    try:
+        inverse = np.linalg.inv(information)
+    except np.linalg.LinAlgError:
+        inverse = np.linalg.pinv(information, hermitian=True)
     return _Solution(beta, log_tau, np.asarray(inverse, np.float64), converged)
 
 

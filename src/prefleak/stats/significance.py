@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import norm
 
 DEFAULT_FDR = 0.05
 """False discovery rate at which a row is flagged significant."""
+
+
+_NORMAL = NormalDist()
 
 
 def p_value_one_sided(estimate: float, se: float) -> float:
@@ -33,7 +36,7 @@ def p_value_one_sided(estimate: float, se: float) -> float:
         return math.nan
     if se == 0:
         return 0.0 if estimate > 0 else 1.0
-    return float(norm.sf(estimate / se))
+    return 0.5 * math.erfc(estimate / se / math.sqrt(2))  # the normal upper tail
 
 
 def bh_q_values(p_values: Sequence[float | None]) -> list[float | None]:
@@ -81,7 +84,7 @@ def min_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) ->
         raise ValueError(f"power must lie in (0, 1), got {power}")
     if se < 0:
         raise ValueError(f"standard error must be >= 0, got {se}")
-    return float((norm.ppf(1.0 - alpha) + norm.ppf(power)) * se)
+    return float((_NORMAL.inv_cdf(1.0 - alpha) + _NORMAL.inv_cdf(power)) * se)
 
 
 def bootstrap_se(draws: npt.ArrayLike) -> float:
