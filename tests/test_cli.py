@@ -102,9 +102,12 @@ def test_bad_lines_are_dead_lettered_and_ingest_goes_on(
     assert f"2 accepted, 0 duplicate, {len(BAD_LINES)} rejected" in out
     code, out = _run(capsys, "status", "--db", str(db), "--json")
     status = json.loads(out)
+    assert status["schema"] == "prefleak.status/1"
     assert status["events"] == {"model": 2} and status["rejected"] == len(BAD_LINES)
     code, out = _run(capsys, "rejected", "--db", str(db), "--json", "--limit", "0")
-    errors = {row["location"]: row["error"] for row in json.loads(out)}
+    rejected = json.loads(out)
+    assert rejected["schema"] == "prefleak.rejected/1"
+    errors = {row["location"]: row["error"] for row in rejected["rejected"]}
     assert errors == {
         "line 2": "Invalid JSON: key must be a string at line 1 column 2",
         "line 3": "Input tag 'vote' found using 'type' does not match any of the expected tags:"

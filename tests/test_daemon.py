@@ -34,7 +34,6 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import parse_object
 from prefleak.report import PLSRow
 from prefleak.simulate import Scenario, simulate
-from prefleak.stats.cells import Cells
 from prefleak.store import VerdictCounts
 from services import require_binary, wait_for
 
@@ -329,9 +328,13 @@ def test_pls_json_has_the_report_row_shape(leaking: Daemon) -> None:
     status, table = leaking.get_json("/v1/pls")
     assert status == 200
     assert table["ties"] == "loss"
+    assert table["schema"] == "prefleak.report/2"
     (row,) = table["pls"]
-    assert set(row) == set(PLSRow.__dataclass_fields__)
+    scored = {"window", "category", "track", "p_value", "q_value", "significant",
+              "min_detectable_pls"}  # fmt: skip
+    assert set(row) == set(PLSRow.__dataclass_fields__) | scored
     assert (row["judge_i"], row["student_i"], row["n_prompts"]) == ("gen-a", "stu-a", PROMPTS)
+    assert {"leakage", "windows", "breakdowns", "changes", "biases", "leaderboard"} <= set(table)
     assert row["pls"] == pytest.approx(0.6)
 
 
@@ -488,6 +491,17 @@ def _counts(
     return VerdictCounts(0, benchmark, judge, lo, hi, prompt, *no_game, *game1, *game2)
 
 
+def _totals(rows: list[VerdictCounts]) -> list[tuple[str, str, str, str, int, int, int]]:
+    """What EventStore.verdict_totals gives for these projection rows."""
+    out = []
+    for row in rows:
+        games = row.games()
+        lo, hi = (sum(g[k] for g in games) for k in (0, 1))
+        out.append((row.benchmark, row.judge, row.model_lo, row.model_hi, lo, hi,
+                    sum(map(sum, games))))  # fmt: skip
+    return out
+
+
 def test_verdict_labels_are_bounded_by_configuration() -> None:
     """Every verdict is counted once (games included), under bounded label values."""
     lineage = Lineage.from_events(
@@ -499,7 +513,7 @@ def test_verdict_labels_are_bounded_by_configuration() -> None:
         _counts("other-bench", "gen-c", "stu-a", "stu-c", (1, 0, 1)),
     ]
     bounds = MetricsSettings(top_pairs=1, judges=["gen-b"])
-    series, named = verdict_series(Cells.from_rows(rows), lineage, bounds)
+    series, named = verdict_series(_totals(rows), lineage, bounds)
     assert len(named) == 1
     labels = {
         (s.benchmark, s.judge, s.candidate, s.relation): (s.wins, s.comparisons) for s in series
@@ -512,7 +526,7 @@ def test_verdict_labels_are_bounded_by_configuration() -> None:
     assert sum(w for w, _ in labels.values()) == 8 + 2 + 3 + 7 + 1 + 0
     # Once named, a pair stays named even when another overtakes it.
     overtaken = [*rows, _counts("bench", "gen-b", "stu-a", "stu-b", (0, 50, 0), prompt="p2")]
-    _, still = verdict_series(Cells.from_rows(overtaken), lineage, bounds, named)
+    _, still = verdict_series(_totals(overtaken), lineage, bounds, named)
     assert still == named
 
 

@@ -242,6 +242,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     with _store(args) as store:
         newest = store.newest_event_ts()
         status: dict[str, Any] = {
+            "schema": "prefleak.status/1",
             "db": str(store.path),
             "events": store.event_counts(),
             "rejected": store.rejected_count(),
@@ -272,12 +273,12 @@ def _cmd_rejected(args: argparse.Namespace) -> int:
     with _store(args) as store:
         rows = store.rejections(limit=args.limit)
     if args.json:
-        print(json.dumps([
+        print(json.dumps({"schema": "prefleak.rejected/1", "rejected": [
             {"seq": r.seq, "received_at": _iso(r.received_at), "source": r.source,
              "location": r.location, "error": r.error, "raw_size": r.raw_size,
              "raw": r.raw.decode("utf-8", errors="replace")}
             for r in rows
-        ], indent=2))  # fmt: skip
+        ]}, indent=2))  # fmt: skip
         return EXIT_OK
     if not rows:
         print("no rejected messages")

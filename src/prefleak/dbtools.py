@@ -254,6 +254,7 @@ class CheckReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "schema": "prefleak.check-db/1",
             "db": str(self.db),
             "ok": self.ok,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],

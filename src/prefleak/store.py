@@ -597,6 +597,23 @@ class EventStore:
         rows = self.verdict_rows(benchmark, since=since, windows=windows)
         return [VerdictCounts._make(row) for row in rows]
 
+    def verdict_totals(self) -> list[tuple[str, str, str, str, int, int, int]]:
+        """Every verdict ever stored, per (benchmark, judge, model_lo, model_hi): lo wins, hi
+        wins and verdicts (every game counted), summed over all windows by SQLite."""
+        return self._db.execute(
+            "SELECT benchmark, judge, model_lo, model_hi,"
+            " sum(lo_wins + game1_lo_wins + game2_lo_wins),"
+            " sum(hi_wins + game1_hi_wins + game2_hi_wins),"
+            " sum(lo_wins + hi_wins + ties + game1_lo_wins + game1_hi_wins + game1_ties"
+            " + game2_lo_wins + game2_hi_wins + game2_ties)"
+            " FROM verdict_counts GROUP BY benchmark, judge, model_lo, model_hi"
+        ).fetchall()
+
+    def newest_verdict_window(self) -> int | None:
+        """Start of the newest projection window holding a verdict (the key's first column)."""
+        (start,) = self._db.execute("SELECT max(window_start) FROM verdict_counts").fetchone()
+        return None if start is None else int(start)
+
     def verdict_windows_since(self, seq: int) -> tuple[set[int], int]:
         """Projection windows that verdicts stored after log position ``seq`` fell in, and the
         newest log position: what an incremental recompute has to look at again."""

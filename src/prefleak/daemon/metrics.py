@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,7 +32,6 @@ from prefleak.config import MetricsSettings
 from prefleak.lineage import Lineage
 from prefleak.report import PLSRow
 from prefleak.stats.analysis import Analysis
-from prefleak.stats.cells import Cells
 from prefleak.store import AppendResult
 
 if TYPE_CHECKING:  # the report's numpy-heavy modules load only when diversity is on
@@ -89,35 +87,27 @@ class Snapshot:
 
 
 def verdict_series(
-    cells: Cells,
+    totals_by_pair: Iterable[tuple[str, str, str, str, int, int, int]],
     lineage: Lineage,
     bounds: MetricsSettings,
     named: frozenset[Triple] = frozenset(),
 ) -> tuple[list[VerdictSeries], frozenset[Triple]]:
     """Win and comparison counts per judge and candidate, with label values bounded by ``bounds``.
 
-    A (benchmark, judge, candidate) triple keeps its own labels when it is among the
-    ``top_pairs`` with most comparisons; ``named`` are the triples chosen before, which stay
-    named so that counters do not move between series. Every other triple is counted under its
-    allow-listed names, with :data:`OTHER` for the rest; ``relation`` (one of five kinds) is
-    always kept. Returns the series and the triples now named.
+    ``totals_by_pair`` are :meth:`EventStore.verdict_totals` rows: every verdict ever stored,
+    so the counters only grow, whatever the statistics' retention. A (benchmark, judge,
+    candidate) triple keeps its own labels when it is among the ``top_pairs`` with most
+    comparisons; ``named`` are the triples chosen before, which stay named so that counters do
+    not move between series. Every other triple is counted under its allow-listed names, with
+    :data:`OTHER` for the rest; ``relation`` (one of five kinds) is always kept. Returns the
+    series and the triples now named.
     """
     totals: dict[Triple, list[int]] = defaultdict(lambda: [0, 0])
-    verdicts_per_cell = cells.verdicts.sum(axis=1)  # every verdict, games included
-    for side, column in ((cells.lo, 0), (cells.hi, 1)):
-        keys = np.stack([cells.benchmark, cells.judge, side], axis=1)
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        won_per_key = np.bincount(inverse, cells.verdicts[:, column], minlength=len(unique))
-        played_per_key = np.bincount(inverse, verdicts_per_cell, minlength=len(unique))
-        for (benchmark, judge, candidate), won, n in zip(
-            unique.tolist(), won_per_key.tolist(), played_per_key.tolist(), strict=True
-        ):
-            total = totals[
-                (cells.benchmarks[benchmark], cells.models[judge], cells.models[candidate])
-            ]
-            total[0] += int(won)
-            total[1] += int(n)
+    for benchmark, judge, lo, hi, lo_wins, hi_wins, verdicts in totals_by_pair:
+        for candidate, wins in ((lo, lo_wins), (hi, hi_wins)):
+            total = totals[(benchmark, judge, candidate)]
+            total[0] += int(wins)
+            total[1] += int(verdicts)
     keep = {triple for triple in named if triple in totals}
     for triple in sorted(totals, key=lambda t: (-totals[t][1], t)):
         if len(keep) >= bounds.top_pairs:

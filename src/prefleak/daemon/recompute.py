@@ -98,14 +98,19 @@ class Recomputer:
 
     def _compute(self, started: float) -> Snapshot:
         store = self._store
-        cells = Cells.from_rows(store.verdict_rows())
+        options = statistics_options(self._settings)
+        newest = store.newest_verdict_window()
+        since = None if newest is None else options.kept_since(newest)
+        cells = Cells.from_rows(store.verdict_rows(since=since))
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-        analysis = analyse(cells, lineage, statistics_options(self._settings))
+        analysis = analyse(cells, lineage, options)
         table = [scored.row for scored in analysis.pls if scored.slice == "horizon"]
-        verdicts, self._named = verdict_series(cells, lineage, self._settings.metrics, self._named)
+        verdicts, self._named = verdict_series(
+            store.verdict_totals(), lineage, self._settings.metrics, self._named
+        )
         events = store.event_counts()
         dead_letters = store.rejected_count()
-        newest = store.newest_event_ts()
+        newest_event = store.newest_event_ts()
         return Snapshot(
             finished_at=time.time(),
             duration_s=time.monotonic() - started,
@@ -113,7 +118,7 @@ class Recomputer:
             verdicts=tuple(verdicts),
             events=events,
             dead_letters=dead_letters,
-            newest_event_ts=newest,
+            newest_event_ts=newest_event,
             diversity=self._diversity,
             analysis=analysis,
         )

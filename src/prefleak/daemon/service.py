@@ -150,10 +150,21 @@ class Service:
         snapshot = self.snapshot()
         if snapshot is None:
             return None
+        analysis = snapshot.analysis
+        if analysis is None:
+            return {"schema": "prefleak.report/2", "generated_at": _iso(snapshot.finished_at),
+                    "ties": self.settings.pls.ties, "pls": []}  # fmt: skip
         return {
+            "schema": "prefleak.report/2",
             "generated_at": _iso(snapshot.finished_at),
+            "horizon": analysis.horizon_json(),
+            "window_s": analysis.window_s,
             "ties": self.settings.pls.ties,
-            "pls": [row.to_json() for row in snapshot.pls],
+            "fdr": self.settings.statistics.fdr,
+            **analysis.tables_json(),
+            "changes": [change.to_json() for change in analysis.changes],
+            "biases": [judge.to_json() for judge in analysis.biases],
+            "leaderboard": None if analysis.leaderboard is None else analysis.leaderboard.to_json(),
         }
 
     def check(self, body: bytes) -> dict[str, Any]:
@@ -173,6 +184,7 @@ class Service:
         last_ingest = self.metrics.last_ingest()
         not_ready = self.readiness()
         return {
+            "schema": "prefleak.status/1",
             "version": __version__,
             "db": str(self.settings.db),
             "started_at": _iso(self.started_at),

@@ -75,6 +75,13 @@ class StatisticsOptions:
     max_breakdowns: int = 20
     """Categories and tracks with the most verdicts that get their own rows."""
 
+    def kept_since(self, newest_window: int) -> int:
+        """The earliest event time a recompute needs, given the newest projection window: older
+        cells are out of the horizon and the kept windows, so they are not even read."""
+        newest = newest_window // self.window_s * self.window_s
+        span = max(self.horizon_s, self.max_windows * self.window_s)
+        return newest + self.window_s - span
+
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.window_s % 3600:
             raise ValueError("window_s must be a positive multiple of 3600 (one hour)")

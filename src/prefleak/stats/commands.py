@@ -66,7 +66,9 @@ def analyse_store(args: argparse.Namespace) -> Analysis:
         reference=args.reference,
     )
     with EventStore(args.db or default_db()) as store:
-        cells = Cells.from_rows(store.verdict_rows(args.benchmark))
+        newest = store.newest_verdict_window()
+        since = None if newest is None else options.kept_since(newest)
+        cells = Cells.from_rows(store.verdict_rows(args.benchmark, since=since))
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
     return analyse(cells, lineage, options)
 
