@@ -23,9 +23,11 @@ from prefleak.config import add_db_option, default_db
 from prefleak.daemon.commands import register as register_daemon
 from prefleak.dbtools import register as register_dbtools
 from prefleak.diversity.commands import register as register_diversity
+from prefleak.explain_commands import register as register_explain
 from prefleak.ingest import Ingestor, open_lines
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.retention import register as register_retention
 from prefleak.stats.analysis import ScoredPLS
 from prefleak.stats.commands import add_statistics_options, analyse_store, envelope, render
 from prefleak.stats.commands import register as register_statistics
@@ -581,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_diversity(commands)
     register_dbtools(commands)
     register_statistics(commands)
+    register_explain(commands)
     register_check(commands)
+    register_retention(commands)
     return parser
 
 

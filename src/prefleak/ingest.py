@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
+from prefleak import retention
 from prefleak.models.events import EventError, complete, validate
 from prefleak.store import AppendResult, Batch, EventStore, Rejection, StoredEvent, prepare
 
@@ -30,14 +31,24 @@ def read_message(
     location: str,
     max_bytes: int = MAX_MESSAGE_BYTES,
     received_at: datetime | None = None,
+    hash_texts: bool | None = None,
 ) -> StoredEvent | Rejection:
-    """Validate one message; anything invalid becomes a :class:`Rejection` with the reason."""
+    """Validate one message; anything invalid becomes a :class:`Rejection` with the reason.
+
+    ``hash_texts`` stores verdicts' texts as hashes (:func:`prefleak.retention.redact`); None
+    follows the process's ``privacy.store_texts`` policy (:func:`prefleak.retention.hashing`).
+    """
     if len(raw) > max_bytes:
         return Rejection(
             source, location, raw, f"message of {len(raw)} bytes exceeds the limit of {max_bytes}"
         )
     try:
-        return prepare(complete(validate(raw), received_at=received_at), raw.strip(), location)
+        event = complete(validate(raw), received_at=received_at)
+        if retention.hashing() if hash_texts is None else hash_texts:
+            body = retention.redact(raw.strip())
+            hashed = validate(body).model_copy(update={"id": event.id, "ts": event.ts})
+            return prepare(hashed, body, location)  # the id is still the full content's
+        return prepare(event, raw.strip(), location)
     except EventError as exc:
         return Rejection(source, location, raw, str(exc))
 

@@ -234,13 +234,19 @@ class Batch:
             self.records.append(item)
 
     def __getstate__(self) -> _BatchState:
-        # Plain tuples pickle in C; a NamedTuple costs a Python call per record both ways, which
-        # was a quarter of the work when a worker process validates a file.
-        return [tuple(r) for r in self.records], self.rejections, self.offsets, self.source
+        # Plain tuples pickle in C; a NamedTuple (the record, and its Cell) costs a Python call
+        # per record both ways, which was a quarter of the work when a worker validates a file.
+        rows = [(*r[:5], None if r.cell is None else tuple(r.cell), r.sample) for r in self.records]
+        return rows, self.rejections, self.offsets, self.source
 
     def __setstate__(self, state: _BatchState) -> None:
         rows, self.rejections, self.offsets, self.source = state
-        self.records = [_new_tuple(StoredEvent, row) for row in rows]
+        self.records = [_new_tuple(StoredEvent, _with_cell(row)) for row in rows]
+
+
+def _with_cell(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pickled record's plain tuple with its projection cell a :class:`Cell` again."""
+    return row if row[5] is None else (*row[:5], _new_tuple(Cell, row[5]), row[6])
 
 
 @dataclass(slots=True)
@@ -496,7 +502,12 @@ class EventStore:
         conflicts: list[Rejection] = []
         for event in repeats:
             known = stored[event.id]
-            if known == event.body or same_content(validate(known), validate(event.body)):
+            # an empty body is a compacted event (prefleak compact): its id alone is kept
+            if (
+                not known
+                or known == event.body
+                or same_content(validate(known), validate(event.body))
+            ):
                 result.duplicate += 1
             else:
                 conflicts.append(
@@ -540,7 +551,10 @@ class EventStore:
                 self._db.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _PROJECTIONS:
                 self._db.execute(statement)
-            cursor = self._db.execute("SELECT body, id, ts FROM events ORDER BY seq")
+            self._load_compacted()  # the baseline of compacted events, when there is one
+            cursor = self._db.execute(
+                "SELECT body, id, ts FROM events WHERE length(body) > 0 ORDER BY seq"
+            )
             while rows := cursor.fetchmany(batch_size):
                 events = [prepare(_restore(*row), row[0]) for row in rows]
                 self._db.executemany(_UPSERT_COUNTS, _project(events))
@@ -697,6 +711,82 @@ class EventStore:
         rows = self._db.execute(sql + " LIMIT ?", (limit,)) if limit else self._db.execute(sql)
         return [StoredRejection(*row) for row in rows]
 
+    # -- compaction (prefleak compact; docs/storage.md) ------------------------------------
+
+    def compact(self, before: float, *, dry_run: bool = False) -> Compaction:
+        """Drop the bodies of verdicts and samples whose ``ts`` is before ``before`` (rounded
+        down to a projection window), keeping what they contributed to the projections in the
+        ``*_compacted`` baseline tables that :meth:`rebuild` starts from. Their ids stay in the
+        log, so a re-sent compacted event is still a duplicate. Provenance is never compacted.
+        """
+        horizon = projection_window(before)
+        with self._transaction():
+            (events, size) = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(body)), 0) FROM events"
+                f" WHERE ts < ? AND type NOT IN {_PROVENANCE_SQL} AND length(body) > 0",
+                (horizon,),
+            ).fetchone()
+            result = Compaction(horizon, int(events), int(size), dry_run)
+            if dry_run or not events:
+                return result
+            for statement in _COMPACTED_SCHEMA:
+                self._db.execute(statement)
+            # A projection window before the horizon holds only events being compacted now or
+            # compacted before: its live row is exactly what the baseline must hold.
+            self._db.execute(
+                "INSERT OR REPLACE INTO verdict_counts_compacted"
+                " SELECT * FROM verdict_counts WHERE window_start < ?",
+                (horizon,),
+            )
+            # Samples: the kept rows of compacted events; rows the sketch has since dropped
+            # leave the baseline too (bottom-k of the kept rows and the live log is unchanged).
+            self._db.execute(
+                "INSERT OR IGNORE INTO samples_compacted SELECT * FROM samples WHERE ts < ?",
+                (horizon,),
+            )
+            self._db.execute(
+                "DELETE FROM samples_compacted WHERE NOT EXISTS (SELECT 1 FROM samples s"
+                " WHERE s.dataset = samples_compacted.dataset"
+                " AND s.window_start = samples_compacted.window_start"
+                " AND s.priority = samples_compacted.priority AND s.id = samples_compacted.id)"
+            )
+            self._db.execute(
+                f"UPDATE events SET body = x'' WHERE ts < ? AND type NOT IN {_PROVENANCE_SQL}"
+                " AND length(body) > 0",
+                (horizon,),
+            )
+            self._db.execute(
+                "INSERT INTO compactions (compacted_at, horizon, events, body_bytes, layout)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (time.time(), horizon, result.events, result.body_bytes, PROJECTION_VERSION),
+            )
+        return result
+
+    def compacted_horizon(self) -> float | None:
+        """The latest horizon compacted so far (events before it have no body), or None."""
+        if not self._has_table("compactions"):
+            return None
+        (horizon,) = self._db.execute("SELECT max(horizon) FROM compactions").fetchone()
+        return None if horizon is None else float(horizon)
+
+    def vacuum(self) -> None:
+        """Give the space of deleted data back to the file system (rewrites the whole file)."""
+        with self._lock:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _has_table(self, name: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
+
+    def _load_compacted(self) -> None:
+        """Start the (empty) projections from the baseline of compacted events, if any."""
+        for table in PROJECTION_TABLES:
+            if self._has_table(f"{table}_compacted"):
+                self._db.execute(f"INSERT INTO {table} SELECT * FROM {table}_compacted")
+
 
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock, rolled back on any exception.
@@ -721,3 +811,36 @@ class _Transaction:
             self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._lock.release()
+
+
+_PROVENANCE_SQL = "('model', 'dataset', 'training')"
+"""Event types never compacted: lineage needs them, and they are few."""
+
+_COMPACTED_SCHEMA = (
+    _VERDICT_COUNTS.replace("verdict_counts", "verdict_counts_compacted"),
+    _SAMPLES.replace("samples", "samples_compacted"),
+    """
+CREATE TABLE IF NOT EXISTS compactions (
+    seq INTEGER PRIMARY KEY,
+    compacted_at REAL NOT NULL,
+    horizon REAL NOT NULL,
+    events INTEGER NOT NULL,
+    body_bytes INTEGER NOT NULL,
+    layout INTEGER NOT NULL
+)
+""",
+)
+"""The baseline of compacted events (one table per projection, same layout) and a log of runs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """What one compaction did (or, dry run, would do)."""
+
+    horizon: float
+    """Events with ``ts`` before this (a projection window start) are compacted."""
+    events: int
+    """Verdicts and samples whose bodies were (would be) dropped."""
+    body_bytes: int
+    """The bytes of those bodies."""
+    dry_run: bool = False

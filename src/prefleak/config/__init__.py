@@ -313,6 +313,13 @@ class CheckSettings(_Section):
     """Relations of this severity or above block an evaluation (low, medium or high)."""
 
 
+class PrivacySettings(_Section):
+    """What of the texts events carry is stored (docs/storage.md, "Retention and privacy")."""
+
+    store_texts: Literal["full", "hashed"] = "full"
+    """hashed: verdicts' prompt and responses are stored as ``sha256:<hex>`` (samples in full)."""
+
+
 _FILE_LAYER: ContextVar[dict[str, Any]] = ContextVar("_FILE_LAYER")
 """The YAML file's values for the :class:`Settings` being built (a layer below the env vars)."""
 
@@ -340,6 +347,7 @@ class Settings(BaseSettings):
     diversity: DiversitySettings = DiversitySettings()
     check: CheckSettings = CheckSettings()
     statistics: StatisticsSettings = StatisticsSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ import logging
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -20,6 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prefleak import __version__
 from prefleak.check import CheckRequestError
 from prefleak.consumers.http import BodyResult
+from prefleak.explain import SubjectError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,11 @@ class Api(Protocol):
 
     def check(self, body: bytes) -> dict[str, Any]:
         """The ``prefleak.check/1`` answer; raises CheckRequestError for a bad body."""
+        ...
+
+    def explain(self, query: dict[str, str]) -> dict[str, Any] | None:
+        """The ``prefleak.explain/1`` answer of the last recompute (None: none yet); raises
+        SubjectError for a bad query."""
         ...
 
 
@@ -128,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             else:
                 self._json(HTTPStatus.OK, table)
+        elif path == "/v1/explain":
+            self._explain()
         elif path in ("/v1/events", "/v1/check"):
             self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"}, allow="POST")
         else:
@@ -141,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._check()
             return
         if path != "/v1/events":
-            if path in ("/metrics", "/healthz", "/readyz", "/v1/status", "/v1/pls"):
+            if path in ("/metrics", "/healthz", "/readyz", "/v1/status", "/v1/pls", "/v1/explain"):
                 self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use GET"}, allow="GET")
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
@@ -163,6 +172,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return
         self._json(HTTPStatus.OK, answer)
+
+    def _explain(self) -> None:
+        query = {key: values[-1] for key, values in parse_qs(urlsplit(self.path).query).items()}
+        try:
+            answer = self.api.explain(query)
+        except SubjectError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        if answer is None:
+            self._json(
+                HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the first recompute is not done yet"}
+            )
+        else:
+            self._json(HTTPStatus.OK, answer)
 
     def _authorized(self, path: str) -> bool:
         """Whether the request may go on; when not, it has been answered 401."""

@@ -26,8 +26,11 @@ from prefleak.consumers.http import BodyResult, ingest_body
 from prefleak.daemon.http import BearerAuth, Server
 from prefleak.daemon.metrics import Metrics, Snapshot
 from prefleak.daemon.recompute import Recomputer
+from prefleak.explain import SCHEMA as EXPLAIN_SCHEMA
+from prefleak.explain import explain, parse_subject
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.stats.analysis import Analysis
 from prefleak.store import AppendResult, EventStore
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,29 @@ class Service:
             lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
         result = check(lineage, request.judges, request.candidates)
         return result.to_json(request.min_severity)
+
+    def explain(self, query: dict[str, str]) -> dict[str, Any] | None:
+        """``GET /v1/explain``: as ``prefleak explain --json``, on the last recompute.
+
+        The snapshot keeps no verdict cells, so the answer has no per-prompt evidence and no
+        leaderboard without the judge (both say so); the lineage is read as :meth:`check` reads it.
+        """
+        subject = parse_subject(
+            query.get("judges"), query.get("judge"), query.get("candidate"), query.get("benchmark")
+        )
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return None
+        analysis = snapshot.analysis or Analysis(None, self.settings.statistics.window)
+        with EventStore(self.settings.db) as store:
+            lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
+        return {
+            "schema": EXPLAIN_SCHEMA,
+            "generated_at": _iso(snapshot.finished_at),
+            "horizon": analysis.horizon_json(),
+            "window_s": analysis.window_s,
+            **explain(analysis, None, lineage, subject, ties=self.settings.pls.ties),
+        }
 
     def status(self) -> dict[str, Any]:
         snapshot = self.snapshot()
