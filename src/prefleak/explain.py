@@ -180,15 +180,10 @@ def explain(
     lineage: Lineage,
     subject: Subject,
     *,
-    prompt_names: Sequence[str] | None = None,
     ties: TiePolicy = "loss",
     top: int = TOP_PROMPTS,
 ) -> dict[str, Any]:
-    """Every section of the ``prefleak.explain/1`` document but the envelope (docs/explain.md).
-
-    ``prompt_names`` are the cells' prompt names by code (see :func:`prompt_names`); without them
-    prompts are named by their code.
-    """
+    """Every section of the ``prefleak.explain/1`` document but the envelope (docs/explain.md)."""
     scored = [s for s in analysis.pls if subject.involves(s.row)]
     horizon = sorted((s for s in scored if s.slice == "horizon"), key=_order)
     keys = [_key(s.row) for s in horizon]
@@ -235,7 +230,9 @@ def explain(
             },
         },
         "changes": changes,
-        "evidence": _evidence(cells, lineage, subject, horizon, prompt_names, ties, top),
+        "evidence": _evidence(
+            cells, lineage, subject, horizon, None if cells is None else cells.prompts, ties, top
+        ),
         "categories": {
             "pls": [
                 {**_key_json(_key(s.row)), "category": s.category, **_pls_point(s)}
@@ -440,12 +437,6 @@ def _no_relation(subject: Subject) -> str:
 
 
 # -- evidence --------------------------------------------------------------------------------
-
-
-def prompt_names(rows: Iterable[Sequence[Any]]) -> list[str]:
-    """The prompt name of each prompt code of ``Cells.from_rows(rows)``: codes number the
-    distinct ``benchmark<US>prompt`` names in sorted order."""
-    return sorted({f"{row[1]}\x1f{row[5]}" for row in rows})
 
 
 def _rates(cells: Cells, mask: npt.NDArray[np.bool_], student: int, ties: TiePolicy) -> FloatArray:

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from prefleak.config import add_db_option, default_db
-from prefleak.explain import SCHEMA, SubjectError, explain, parse_subject, prompt_names
+from prefleak.explain import SCHEMA, SubjectError, explain, parse_subject
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.stats.analysis import Analysis
@@ -25,14 +25,14 @@ from prefleak.store import EventStore
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
-def _load(args: argparse.Namespace, analysis: Analysis) -> tuple[Cells | None, list[str], Lineage]:
-    """The horizon's cells (None when there are none), their prompt names, and the lineage."""
+def _load(args: argparse.Namespace, analysis: Analysis) -> tuple[Cells | None, Lineage]:
+    """The horizon's cells (None when there are none) and the lineage."""
     with EventStore(args.db or default_db()) as store:
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
         if analysis.horizon is None:
-            return None, [], lineage
-        rows = store.verdict_rows(args.benchmark, since=analysis.horizon[0])
-    return Cells.from_rows(rows), prompt_names(rows), lineage
+            return None, lineage
+        cells = Cells.from_rows(store.verdict_rows(args.benchmark, since=analysis.horizon[0]))
+    return cells, lineage
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -42,11 +42,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"prefleak explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
     analysis = analyse_store(args)
-    cells, names, lineage = _load(args, analysis)
+    cells, lineage = _load(args, analysis)
     document = envelope(SCHEMA, analysis)
-    document.update(
-        explain(analysis, cells, lineage, subject, prompt_names=names, ties=args.ties, top=args.top)
-    )
+    document.update(explain(analysis, cells, lineage, subject, ties=args.ties, top=args.top))
     if args.json:
         print(json.dumps(document, indent=2))
     else:

@@ -582,7 +582,7 @@ class EventStore:
         *,
         since: float | None = None,
         windows: Iterable[int] | None = None,
-    ) -> list[tuple[Any, ...]]:
+    ) -> Iterator[tuple[Any, ...]]:
         """Rows of the verdict projection as plain tuples (the columns of
         :class:`VerdictCounts`): optionally of one benchmark, of the projection windows that
         start at ``since`` or later, or of the given projection windows only."""
@@ -598,7 +598,9 @@ class EventStore:
             starts = sorted(set(windows))
             sql += f" AND window_start IN ({','.join('?' * len(starts))})"
             params.extend(starts)
-        return self._db.execute(sql, params).fetchall()
+        cursor = self._db.execute(sql, params)
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
 
     def verdict_counts(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,9 @@ from prefleak.stats.estimate import KeyArray, prompt_keys
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+
+_CHUNK_ROWS = 100_000
+"""Projection rows turned into columns at a time: bounds the Python tuples alive at once."""
 
 NO_LABEL = -1
 """Code of a missing category or track."""
@@ -80,6 +84,8 @@ class Cells:
     benchmarks: tuple[str, ...]
     categories: tuple[str, ...]
     tracks: tuple[str, ...]
+    prompts: tuple[str, ...]
+    """Per prompt code: its name, ``benchmark<US>prompt_id`` (US = the unit separator, 0x1f)."""
     prompt_keys: KeyArray
     """Per prompt code: the key its bootstrap weights are drawn from (a hash of its name)."""
 
@@ -96,21 +102,29 @@ class Cells:
         several windows)."""
         models, benchmarks, prompts = _Vocabulary(), _Vocabulary(), _Vocabulary()
         categories, tracks = _Vocabulary(), _Vocabulary()
-        columns = list(zip(*rows, strict=True)) or [()] * 25  # column-wise: C loops, not Python
-        ints = np.stack(
-            [
-                np.array(columns[0], dtype=np.int64),
-                benchmarks.encode(columns[1]),
-                models.encode(columns[2]),
-                models.encode(columns[3]),
-                models.encode(columns[4]),
-                prompts.encode(map("{}\x1f{}".format, columns[1], columns[5])),
-                categories.encode(columns[23]),
-                tracks.encode(columns[24]),
-            ],
-            axis=1,
-        ).reshape(-1, 8)
-        counts = np.array(columns[6:23], dtype=np.float64).T.reshape(-1, 17)
+        int_parts: list[IntArray] = []
+        count_parts: list[FloatArray] = []
+        iterator = iter(rows)
+        while chunk := list(islice(iterator, _CHUNK_ROWS)):
+            columns = list(zip(*chunk, strict=True))  # column-wise: C loops, not Python ones
+            int_parts.append(
+                np.stack(
+                    [
+                        np.array(columns[0], dtype=np.int64),
+                        benchmarks.encode(columns[1]),
+                        models.encode(columns[2]),
+                        models.encode(columns[3]),
+                        models.encode(columns[4]),
+                        prompts.encode(map("{}\x1f{}".format, columns[1], columns[5])),
+                        categories.encode(columns[23]),
+                        tracks.encode(columns[24]),
+                    ],
+                    axis=1,
+                )
+            )
+            count_parts.append(np.array(columns[6:23], dtype=np.float64).T)
+        ints = np.concatenate(int_parts) if int_parts else np.zeros((0, 8), dtype=np.int64)
+        counts = np.concatenate(count_parts) if count_parts else np.zeros((0, 17))
         loose, game1, game2 = counts[:, 0:3], counts[:, 3:6], counts[:, 6:9]
         length_n = counts[:, 15]
         length = np.where(length_n > 0, counts[:, 16] / np.maximum(length_n, 1), 0.0)
@@ -141,6 +155,7 @@ class Cells:
             benchmarks=benchmark_names,
             categories=category_names,
             tracks=track_names,
+            prompts=prompt_names,
             prompt_keys=prompt_keys(prompt_names),
         )
 
@@ -165,6 +180,7 @@ class Cells:
             benchmarks=self.benchmarks,
             categories=self.categories,
             tracks=self.tracks,
+            prompts=self.prompts,
             prompt_keys=self.prompt_keys,
         )
 
