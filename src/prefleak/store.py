@@ -625,6 +625,11 @@ class EventStore:
             " FROM verdict_counts GROUP BY benchmark, judge, model_lo, model_hi"
         ).fetchall()
 
+    def last_seq(self) -> int:
+        """Log position of the newest stored event (0 for an empty log)."""
+        (seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(seq)
+
     def newest_verdict_window(self) -> int | None:
         """Start of the newest projection window holding a verdict (the key's first column)."""
         (start,) = self._db.execute("SELECT max(window_start) FROM verdict_counts").fetchone()
@@ -633,16 +638,11 @@ class EventStore:
     def verdict_windows_since(self, seq: int) -> tuple[set[int], int]:
         """Projection windows that verdicts stored after log position ``seq`` fell in, and the
         newest log position: what an incremental recompute has to look at again."""
-        starts: set[int] = set()
-        newest = seq
+        newest = max(seq, self.last_seq())  # first: a later write is left for the next call
         rows = self._db.execute(
-            "SELECT seq, ts FROM events WHERE seq > ? AND type = 'verdict'", (seq,)
-        )
-        for row_seq, ts in rows:
-            starts.add(projection_window(ts))
-            newest = max(newest, row_seq)
-        (last,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-        return starts, max(newest, int(last))
+            "SELECT ts FROM events WHERE seq > ? AND seq <= ? AND type = 'verdict'", (seq, newest)
+        ).fetchall()
+        return {projection_window(ts) for (ts,) in rows}, newest
 
     def sample_datasets(self) -> dict[str, float]:
         """Datasets with stored samples, each with the event time of its newest stored sample."""

@@ -17,7 +17,7 @@ from prefleak.config import Settings
 from prefleak.daemon.metrics import Metrics, Snapshot, Triple, verdict_series
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
-from prefleak.stats.analysis import StatisticsOptions, analyse
+from prefleak.stats.analysis import StatisticsOptions, WindowResult, analyse
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
 
@@ -40,6 +40,9 @@ class Recomputer:
         self._analyzer: DiversityAnalyzer | None = None
         self._diversity: DiversityReport | None = None
         self._diversity_due = 0.0
+        self._seen_seq: int | None = None
+        """Log position the last analysis had seen; None before the first."""
+        self._provenance_seen = -1
 
     @property
     def latest(self) -> Snapshot | None:
@@ -96,19 +99,38 @@ class Recomputer:
                 self._latest = replace(self._latest, diversity=report)
         log.debug("diversity report: %d datasets", len(report.datasets))
 
+    def _reusable(
+        self, options: StatisticsOptions, events: dict[str, int]
+    ) -> dict[int, WindowResult] | None:
+        """Window results of the last analysis that no verdict since has touched; None when
+        provenance changed (relations, so every window, may have) or there is none yet."""
+        store, previous = self._store, self._latest
+        provenance = sum(events.get(kind, 0) for kind in PROVENANCE_TYPES)
+        if self._seen_seq is None or previous is None or previous.analysis is None:
+            self._seen_seq, self._provenance_seen = store.last_seq(), provenance
+            return None
+        hours, self._seen_seq = store.verdict_windows_since(self._seen_seq)
+        if provenance != self._provenance_seen:
+            self._provenance_seen = provenance
+            return None
+        touched = {hour // options.window_s * options.window_s for hour in hours}
+        windows = previous.analysis.windows
+        return {start: result for start, result in windows.items() if start not in touched}
+
     def _compute(self, started: float) -> Snapshot:
         store = self._store
         options = statistics_options(self._settings)
+        events = store.event_counts()
+        reuse = self._reusable(options, events)
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
         cells = Cells.from_rows(store.verdict_rows(since=since))
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-        analysis = analyse(cells, lineage, options)
+        analysis = analyse(cells, lineage, options, reuse=reuse)
         table = [scored.row for scored in analysis.pls if scored.slice == "horizon"]
         verdicts, self._named = verdict_series(
             store.verdict_totals(), lineage, self._settings.metrics, self._named
         )
-        events = store.event_counts()
         dead_letters = store.rejected_count()
         newest_event = store.newest_event_ts()
         return Snapshot(

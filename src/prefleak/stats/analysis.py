@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -246,6 +247,15 @@ class Leaderboard:
 
 
 @dataclass(frozen=True)
+class WindowResult:
+    """What one window contributes to the series: reusable while its cells do not change."""
+
+    pls: list[ScoredPLS]
+    leakage: list[LeakageRow]
+    fit: LeakageFit | None
+
+
+@dataclass(frozen=True)
 class Analysis:
     """Everything one recompute found; the JSON of ``report``, ``leaderboard`` and ``biases``."""
 
@@ -257,6 +267,8 @@ class Analysis:
     biases: list[JudgeBiases] = field(default_factory=list)
     leaderboard: Leaderboard | None = None
     fit: LeakageFit | None = None
+    windows: dict[int, WindowResult] = field(default_factory=dict)
+    """Per kept window, its results: what a later recompute may reuse (``analyse(reuse=...)``)."""
 
     def tables_json(self) -> dict[str, Any]:
         """PLS and leakage rows of the horizon, and apart from them per window and breakdown."""
@@ -283,8 +295,19 @@ class Analysis:
 # -- the recompute ----------------------------------------------------------------------------
 
 
-def analyse(cells: Cells, lineage: Lineage, options: StatisticsOptions) -> Analysis:
-    """Every statistic over the horizon and per window, with q-values and change detection."""
+def analyse(
+    cells: Cells,
+    lineage: Lineage,
+    options: StatisticsOptions,
+    *,
+    reuse: Mapping[int, WindowResult] | None = None,
+) -> Analysis:
+    """Every statistic over the horizon and per window, with q-values and change detection.
+
+    ``reuse`` holds results of windows (by start) from an earlier analysis whose cells, lineage
+    and options have not changed since: they are taken as they are instead of refitted. The
+    horizon, the q-values and the change detectors are always recomputed.
+    """
     if len(cells) == 0:
         return Analysis(None, options.window_s)
     windows = cells.window // options.window_s * options.window_s
@@ -323,15 +346,15 @@ def analyse(cells: Cells, lineage: Lineage, options: StatisticsOptions) -> Analy
     window_fits: dict[int, LeakageFit | None] = {}
     kept = cells.select(windows >= start)
     kept_windows = windows[windows >= start]
+    results: dict[int, WindowResult] = {}
     for window in sorted(set(kept_windows.tolist())):
-        part = kept.select(kept_windows == window)
-        series_pls += [
-            ScoredPLS(row, window, _pls_test(row))
-            for row in _pls(part, context, options.model_bootstrap)
-        ]
-        window_fit = _fit(part, context) if part.verdicts.sum() >= MIN_WINDOW_VERDICTS else None
-        window_fits[window] = window_fit
-        series_leakage += [replace(r, window=window) for r in _leakage_rows(window_fit, POOLED)]
+        result = reuse.get(window) if reuse is not None else None
+        if result is None:
+            result = _window(kept.select(kept_windows == window), window, context)
+        results[window] = result
+        series_pls += result.pls
+        series_leakage += result.leakage
+        window_fits[window] = result.fit
     _adjust(series_pls, series_leakage, options.fdr)
 
     return Analysis(
@@ -348,7 +371,19 @@ def analyse(cells: Cells, lineage: Lineage, options: StatisticsOptions) -> Analy
         ),
         leaderboard=_leaderboard(horizon, fit, context),
         fit=fit,
+        windows=results,
     )
+
+
+def _window(part: Cells, window: int, context: _Context) -> WindowResult:
+    """One window's PLS rows and leakage fit (none below MIN_WINDOW_VERDICTS verdicts)."""
+    pls = [
+        ScoredPLS(row, window, _pls_test(row))
+        for row in _pls(part, context, context.options.model_bootstrap)
+    ]
+    fit = _fit(part, context) if part.verdicts.sum() >= MIN_WINDOW_VERDICTS else None
+    leakage = [replace(r, window=window) for r in _leakage_rows(fit, POOLED)]
+    return WindowResult(pls, leakage, fit)
 
 
 @dataclass(frozen=True)
