@@ -128,12 +128,13 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         EventStore(bogus)
 
 
-def test_worker_process_gives_the_same_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_processes_give_the_same_store(tmp_path: Path, workers: int) -> None:
     events = list(simulate(Scenario(seed=4, prompts_per_benchmark=10, duplicate_fraction=0.05)))
     lines = [*_lines(events), b"{broken", b"", b'{"type": "vote"}']
     serial, parallel = EventStore(tmp_path / "serial.db"), EventStore(tmp_path / "parallel.db")
     one = Ingestor(serial, batch_size=700).ingest_lines(lines, source="f")
-    two = Ingestor(parallel, batch_size=700, workers=1).ingest_lines(lines, source="f")
+    two = Ingestor(parallel, batch_size=700, workers=workers).ingest_lines(lines, source="f")
     assert (one.accepted, one.duplicate, one.rejected) == (
         two.accepted,
         two.duplicate,

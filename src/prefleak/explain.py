@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from prefleak.check import propose_panel
 from prefleak.lineage import Lineage, Relation
-from prefleak.pls import TiePolicy
+from prefleak.pls import TiePolicy, rate
 from prefleak.report import PLSRow
 from prefleak.stats.analysis import POOLED, Analysis, LeakageRow, ScoredPLS
 from prefleak.stats.biases import JudgeBiases
@@ -447,14 +447,7 @@ def _rates(cells: Cells, mask: npt.NDArray[np.bool_], student: int, ties: TiePol
     wins, losses, tied = (
         np.bincount(prompt, own[:, k], minlength=n).astype(np.float64) for k in range(3)
     )
-    if ties == "half":
-        num, den = wins + tied / 2, wins + losses + tied
-    elif ties == "exclude":
-        num, den = wins, wins + losses
-    else:
-        num, den = wins, wins + losses + tied
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    return rate(wins, losses, tied, ties)
 
 
 def _evidence(

@@ -88,7 +88,7 @@ def combine_games(loose: Outcomes, game_1: Outcomes, game_2: Outcomes) -> Outcom
     return lo, hi, ties
 
 
-def _rate(
+def rate(
     wins: npt.NDArray[np.float64],
     losses: npt.NDArray[np.float64],
     ties: npt.NDArray[np.float64],
@@ -109,7 +109,7 @@ def win_rate(counts: Counts, student: Literal["i", "j"], policy: TiePolicy = "lo
     """Win rate of S_i or S_j over all prompts of one judge; NaN when it made no comparison."""
     totals = counts.sum(axis=0)
     wins, losses = (totals[0], totals[1]) if student == "i" else (totals[1], totals[0])
-    return float(_rate(np.array(wins), np.array(losses), np.array(totals[2]), policy))
+    return float(rate(np.array(wins), np.array(losses), np.array(totals[2]), policy))
 
 
 def _pls_many(
@@ -117,10 +117,10 @@ def _pls_many(
 ) -> tuple[npt.NDArray[np.float64], dict[str, npt.NDArray[np.float64]]]:
     """PLS for many resamples at once: inputs are summed counts of shape (..., 3)."""
     rates = {
-        "ii": _rate(by_i[..., 0], by_i[..., 1], by_i[..., 2], policy),
-        "ji": _rate(by_i[..., 1], by_i[..., 0], by_i[..., 2], policy),
-        "jj": _rate(by_j[..., 1], by_j[..., 0], by_j[..., 2], policy),
-        "ij": _rate(by_j[..., 0], by_j[..., 1], by_j[..., 2], policy),
+        "ii": rate(by_i[..., 0], by_i[..., 1], by_i[..., 2], policy),
+        "ji": rate(by_i[..., 1], by_i[..., 0], by_i[..., 2], policy),
+        "jj": rate(by_j[..., 1], by_j[..., 0], by_j[..., 2], policy),
+        "ij": rate(by_j[..., 0], by_j[..., 1], by_j[..., 2], policy),
     }
     return _formula(rates["ii"], rates["ij"], rates["jj"], rates["ji"]), rates
 

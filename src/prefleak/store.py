@@ -236,17 +236,13 @@ class Batch:
     def __getstate__(self) -> _BatchState:
         # Plain tuples pickle in C; a NamedTuple (the record, and its Cell) costs a Python call
         # per record both ways, which was a quarter of the work when a worker validates a file.
+        # The cell stays a plain tuple on the other side: the writer reads it by position.
         rows = [(*r[:5], None if r.cell is None else tuple(r.cell), r.sample) for r in self.records]
         return rows, self.rejections, self.offsets, self.source
 
     def __setstate__(self, state: _BatchState) -> None:
         rows, self.rejections, self.offsets, self.source = state
-        self.records = [_new_tuple(StoredEvent, _with_cell(row)) for row in rows]
-
-
-def _with_cell(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A pickled record's plain tuple with its projection cell a :class:`Cell` again."""
-    return row if row[5] is None else (*row[:5], _new_tuple(Cell, row[5]), row[6])
+        self.records = [_new_tuple(StoredEvent, row) for row in rows]
 
 
 @dataclass(slots=True)
@@ -349,25 +345,30 @@ def prepare(event: Event, body: bytes, location: str = "") -> StoredEvent:
 
 
 def _project(events: Iterable[StoredEvent]) -> list[tuple[str | int | float | None, ...]]:
-    """Aggregate a batch's verdicts so each projection row is written once."""
+    """Aggregate a batch's verdicts so each projection row is written once.
+
+    Runs once per event in the writer: cells are unpacked by position (a cell that crossed a
+    process boundary is a plain tuple of :class:`Cell`'s layout).
+    """
     sums: dict[CountKey, list[Any]] = {}
     for event in events:
-        cell = event.cell
+        cell = event[5]
         if cell is None:
             continue
-        row = sums.get(cell.key)
+        key, outcome, position, length, category, track = cell
+        row = sums.get(key)
         if row is None:
-            row = sums[cell.key] = [0] * (_N_COUNTS + 1) + [0.0, None, None]
-        row[cell.outcome] += 1
-        if cell.position >= 0:
-            row[cell.position] += 1
-        if cell.length_log_ratio is not None:
+            row = sums[key] = [0] * (_N_COUNTS + 1) + [0.0, None, None]
+        row[outcome] += 1
+        if position >= 0:
+            row[position] += 1
+        if length is not None:
             row[_N_COUNTS] += 1
-            row[_N_COUNTS + 1] += cell.length_log_ratio
-        if cell.category is not None:
-            row[_N_COUNTS + 2] = cell.category
-        if cell.track is not None:
-            row[_N_COUNTS + 3] = cell.track
+            row[_N_COUNTS + 1] += length
+        if category is not None:
+            row[_N_COUNTS + 2] = category
+        if track is not None:
+            row[_N_COUNTS + 3] = track
     return [(*key, *row) for key, row in sums.items()]
 
 

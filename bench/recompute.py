@@ -5,7 +5,7 @@ Target (issue "Statistics"): a full recompute (all windows, model fit, bootstrap
 incremental recompute after 10,000 new verdicts in under 10 % of the full one, measured in the
 same run.
 
-    PYTHONPATH=src python bench/statistics.py [--verdicts 1000000] [--candidates 50] [--judges 6]
+    PYTHONPATH=src python bench/recompute.py [--verdicts 1000000] [--candidates 50] [--judges 6]
         [--days 14] [--db PATH] [--repeat 3] [--seed 7] [--rivals 3]
 
 The world (a pure function of the flags and ``--seed``): ``--judges`` judges, all LLMs but the
@@ -82,7 +82,7 @@ import prefleak.stats.analysis as analysis_module
 from prefleak.ingest import Ingestor
 from prefleak.lineage import Lineage, RelationKind
 from prefleak.models.events import PROVENANCE_TYPES, parse_object
-from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse
+from prefleak.stats.analysis import Analysis, StatisticsOptions, WindowResult, analyse
 from prefleak.stats.cells import Cells
 from prefleak.store import AppendResult, EventStore
 
@@ -715,7 +715,7 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
         f"(ingested in {seconds:.2f} s; not a measured figure), best of {args.repeat}:"
     )
     # Interleaved, so that the full path and the parts see the same load of the shared machine.
-    rerun, again = Timing([]), Timing([])
+    rerun, again, service = Timing([]), Timing([]), Timing([])
     since, reading, part_analysis, series = Timing([]), Timing([]), Timing([]), Timing([])
     spans = Spans(options.window_s)
     steps: list[tuple[str, int | None, float]] = []
@@ -731,12 +731,17 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
         changed, _ = clock(since, store.verdict_windows_since, seq)
         part = clock(reading, read_windows, store, changed)
         clock(part_analysis, analyse, part, lineage, options)
+        touched = {hour // options.window_s * options.window_s for hour in changed}
+        reuse = {w: r for w, r in full.analysis.windows.items() if w not in touched}
+        clock(service, _service_recompute, store, options, reuse)
     best = rerun.best
     print(
         f"  (i) full path again: the full recompute of the ratios (before: {full.total.best:.3f} s)"
     )
     print(line("      read + analyse", rerun))
     print(line("      of which analyse", again, best))
+    label = "  (iii) what serve does now: read + analyse(reuse=untouched windows)"
+    print(line(label, service, best, _target(service, best)))
     print(
         f"  (ii) parts of an incremental path ({len(changed)} changed hour windows, "
         f"{len(part):,} rows, {int(part.verdicts.sum()):,} verdicts):"
@@ -760,6 +765,15 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
 
     print("\ncProfile of one full analyse (profiling overhead included; read shares):")
     print(profile(cells, lineage, options))
+
+
+def _service_recompute(
+    store: EventStore, options: StatisticsOptions, reuse: dict[int, WindowResult]
+) -> Analysis:
+    """The service's recompute after new verdicts: every kept cell read again, the windows no
+    new verdict touched taken from the previous analysis (``Recomputer._reusable``)."""
+    cells, lineage = read_all(store)
+    return analyse(cells, lineage, options, reuse=reuse)
 
 
 def _target(timing: Timing, full: float) -> str:
