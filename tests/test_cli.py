@@ -74,6 +74,19 @@ def test_report_json_shape_and_tie_options(
     assert [r["pls"] for r in loss] != [r["pls"] for r in half]
     code, table = _run(capsys, "report", "--db", str(db), "--bootstrap", "50")
     assert code == 0 and "judge i" in table and "same_model" in table
+    # the statistics come from --config as serve's do, and a flag overrides the file
+    config = tmp_path / "prefleak.yaml"
+    config.write_text("statistics:\n  window: 6h\n  fdr: 0.1\npls:\n  bootstrap: 50\n")
+    code, out = _run(capsys, "report", "--db", str(db), "--config", str(config), "--json")
+    report = json.loads(out)
+    assert (code, report["window_s"], report["fdr"]) == (0, 6 * 3600, 0.1)
+    flagged = _run(capsys, "report", "--db", str(db), "--config", str(config), "--fdr", "0.2",
+                   "--json")[1]  # fmt: skip
+    assert json.loads(flagged)["fdr"] == 0.2
+    config.write_text("statistics:\n  window: 90m\n")
+    with pytest.raises(SystemExit) as bad:
+        main(["report", "--db", str(db), "--config", str(config)])
+    assert bad.value.code == 2 and "multiple of 3600" in capsys.readouterr().err
 
 
 BAD_LINES = [

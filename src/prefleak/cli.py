@@ -194,8 +194,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         payload = envelope("prefleak.report/2", analysis)
         payload.update({
-            "ties": args.ties,
-            "fdr": args.fdr,
+            "ties": analysis.options.ties,
+            "fdr": analysis.options.fdr,
             **analysis.tables_json(),
             "changes": [change.to_json() for change in analysis.changes],
         })  # fmt: skip
@@ -205,7 +205,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print("No verdicts stored yet. Check `prefleak status` for what is stored.")
         return EXIT_OK
     start, end = (_iso(t) for t in analysis.horizon)
-    print(f"Horizon {start} .. {end}; q-values at FDR {args.fdr:g}; ties count as {args.ties}.\n")
+    fdr, ties = analysis.options.fdr, analysis.options.ties
+    print(f"Horizon {start} .. {end}; q-values at FDR {fdr:g}; ties count as {ties}.\n")
     if horizon_pls:
         print(_render_table(horizon_pls))
     else:
@@ -234,7 +235,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"\nCHANGE {change.subject} ({labels}): since "
               f"{'?' if started is None else _iso(started)}")  # fmt: skip
     print(
-        f"\n* = significant at FDR {args.fdr:g}. PLS as a fraction of the average win rate; MDE = "
+        f"\n* = significant at FDR {fdr:g}. PLS as a fraction of the average win rate; MDE = "
         "the smallest PLS these prompts could detect (80 % power). `--json` has every window, "
         "category and track."
     )

@@ -44,7 +44,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     analysis = analyse_store(args)
     cells, lineage = _load(args, analysis)
     document = envelope(SCHEMA, analysis)
-    document.update(explain(analysis, cells, lineage, subject, ties=args.ties, top=args.top))
+    document.update(
+        explain(analysis, cells, lineage, subject, ties=analysis.options.ties, top=args.top)
+    )
     if args.json:
         print(json.dumps(document, indent=2))
     else:

@@ -25,7 +25,7 @@ from prefleak.consumers.files import FileWatcher
 from prefleak.consumers.http import BodyResult, ingest_body
 from prefleak.daemon.http import BearerAuth, Server
 from prefleak.daemon.metrics import Metrics, Snapshot
-from prefleak.daemon.recompute import Recomputer
+from prefleak.daemon.recompute import Recomputer, statistics_options
 from prefleak.explain import SCHEMA as EXPLAIN_SCHEMA
 from prefleak.explain import explain, parse_subject
 from prefleak.lineage import Lineage
@@ -194,7 +194,7 @@ class Service:
         snapshot = self.snapshot()
         if snapshot is None:
             return None
-        analysis = snapshot.analysis or Analysis(None, self.settings.statistics.window)
+        analysis = snapshot.analysis or Analysis(None, statistics_options(self.settings))
         with EventStore(self.settings.db) as store:
             lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
         return {

@@ -260,7 +260,7 @@ class Analysis:
     """Everything one recompute found; the JSON of ``report``, ``leaderboard`` and ``biases``."""
 
     horizon: tuple[int, int] | None
-    window_s: int
+    options: StatisticsOptions
     pls: list[ScoredPLS] = field(default_factory=list)
     leakage: list[LeakageRow] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
@@ -286,6 +286,10 @@ class Analysis:
             },
         }
 
+    @property
+    def window_s(self) -> int:
+        return self.options.window_s
+
     def horizon_json(self) -> dict[str, Any] | None:
         if self.horizon is None:
             return None
@@ -309,7 +313,7 @@ def analyse(
     horizon, the q-values and the change detectors are always recomputed.
     """
     if len(cells) == 0:
-        return Analysis(None, options.window_s)
+        return Analysis(None, options)
     windows = cells.window // options.window_s * options.window_s
     end = int(windows.max()) + options.window_s
     start = end - options.max_windows * options.window_s
@@ -359,7 +363,7 @@ def analyse(
 
     return Analysis(
         horizon=(end - options.horizon_s, end),
-        window_s=options.window_s,
+        options=options,
         pls=pls + series_pls,
         leakage=leakage + series_leakage,
         changes=_changes(series_pls, series_leakage, window_fits, options),

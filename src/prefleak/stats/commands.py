@@ -1,26 +1,37 @@
 """The ``leaderboard`` and ``biases`` subcommands, and what ``report`` shares with them.
 
 All three run one recompute (:func:`prefleak.stats.analysis.analyse`) over the stored verdicts,
-with the windows, horizon and false discovery rate given as flags (defaults as in ``serve``).
+configured as ``serve`` is (``--config``, ``PREFLEAK_*``), with flags for the usual knobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from prefleak.config import StatisticsSettings, add_db_option, default_db, parse_duration
+from prefleak.config import (
+    ConfigError,
+    Settings,
+    StatisticsSettings,
+    add_db_option,
+    default_db,
+    load_settings,
+    parse_duration,
+)
+from prefleak.daemon.recompute import statistics_options
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TIE_POLICIES
-from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse
+from prefleak.stats.analysis import Analysis, analyse
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
 
-EXIT_OK = 0
+EXIT_OK, EXIT_USAGE = 0, 2
 _DEFAULTS = StatisticsSettings()
 
 
@@ -32,39 +43,69 @@ def _duration(text: str) -> int:
 
 
 def add_statistics_options(parser: argparse.ArgumentParser) -> None:
-    """Flags every analysing command takes."""
+    """Flags every analysing command takes; unset ones come from ``--config``, else defaults."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="take statistics.* and pls.* from this YAML file, as serve does "
+                        "(docs/configuration.md); the flags below override it")  # fmt: skip
     parser.add_argument("--benchmark", help="only this benchmark")
-    parser.add_argument("--window", type=_duration, default=_DEFAULTS.window,
-                        help="tumbling window (1h, 1d, ... or seconds), whole hours")  # fmt: skip
-    parser.add_argument("--horizon", type=_duration, default=_DEFAULTS.horizon,
-                        help="sliding horizon of the headline numbers (e.g. 7d)")  # fmt: skip
-    parser.add_argument("--fdr", type=float, default=_DEFAULTS.fdr,
-                        help="false discovery rate of the significant flags")  # fmt: skip
-    parser.add_argument("--ties", choices=TIE_POLICIES, default="loss",
-                        help="how a tie counts in PLS win rates (the paper: loss)")  # fmt: skip
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
-                        help="PLS bootstrap resamples (0: no interval)")  # fmt: skip
-    parser.add_argument("--model-bootstrap", type=int, default=_DEFAULTS.model_bootstrap,
-                        help="one-step bootstrap resamples of the leakage model")  # fmt: skip
-    parser.add_argument("--min-prompts", type=int, default=DEFAULT_MIN_PROMPTS,
-                        help="fewer shared prompts leave a PLS row undefined")  # fmt: skip
+    parser.add_argument("--window", type=_duration, metavar="D",
+                        help=f"tumbling window: 1h, 1d, ... or seconds, whole hours "
+                        f"(default {_DEFAULTS.window // 3600} h)")  # fmt: skip
+    parser.add_argument("--horizon", type=_duration, metavar="D",
+                        help=f"sliding horizon of the headline numbers "
+                        f"(default {_DEFAULTS.horizon // 86_400} d)")  # fmt: skip
+    parser.add_argument("--fdr", type=float,
+                        help=f"false discovery rate of the significant flags "
+                        f"(default {_DEFAULTS.fdr})")  # fmt: skip
+    parser.add_argument("--ties", choices=TIE_POLICIES,
+                        help="how a tie counts in win rates (default: loss)")  # fmt: skip
+    parser.add_argument("--bootstrap", type=int, metavar="N",
+                        help=f"PLS bootstrap resamples, 0: no interval "
+                        f"(default {DEFAULT_BOOTSTRAP})")  # fmt: skip
+    parser.add_argument("--model-bootstrap", type=int, metavar="N",
+                        help=f"one-step bootstrap resamples of the leakage model "
+                        f"(default {_DEFAULTS.model_bootstrap})")  # fmt: skip
+    parser.add_argument("--min-prompts", type=int, metavar="N",
+                        help=f"fewer shared prompts leave a PLS row undefined "
+                        f"(default {DEFAULT_MIN_PROMPTS})")  # fmt: skip
     parser.add_argument("--reference", help="leaderboard reference model "
                         "(default: the candidate with the most comparisons)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+_FLAGS = {
+    "window": ("statistics", "window"),
+    "horizon": ("statistics", "horizon"),
+    "fdr": ("statistics", "fdr"),
+    "model_bootstrap": ("statistics", "model_bootstrap"),
+    "reference": ("statistics", "reference"),
+    "ties": ("pls", "ties"),
+    "bootstrap": ("pls", "bootstrap"),
+    "min_prompts": ("pls", "min_prompts"),
+}
+"""Flag → (settings section, key): the flags that override the configuration."""
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """Defaults < ``--config`` < ``PREFLEAK_*`` env vars < the flags given; exit 2 when invalid."""
+    overrides: dict[str, Any] = {}
+    for flag, (section, key) in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    if args.db is not None:
+        overrides["db"] = args.db
+    try:
+        return load_settings(args.config, overrides)
+    except ConfigError as exc:
+        print(f"prefleak: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
 def analyse_store(args: argparse.Namespace) -> Analysis:
-    """One recompute over the store named by ``--db``, with the flags' options."""
-    options = StatisticsOptions(
-        window_s=args.window,
-        horizon_s=args.horizon,
-        fdr=args.fdr,
-        model_bootstrap=args.model_bootstrap,
-        pls_bootstrap=args.bootstrap,
-        ties=args.ties,
-        min_prompts=args.min_prompts,
-        reference=args.reference,
-    )
+    """One recompute over the store, with the options of :func:`settings_of`."""
+    settings = settings_of(args)
+    options = statistics_options(settings)
     with EventStore(args.db or default_db()) as store:
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
