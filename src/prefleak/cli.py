@@ -28,6 +28,7 @@ from prefleak.ingest import Ingestor, open_lines
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.retention import register as register_retention
+from prefleak.review_commands import register as register_review
 from prefleak.stats.analysis import ScoredPLS
 from prefleak.stats.commands import add_statistics_options, analyse_store, envelope, render
 from prefleak.stats.commands import register as register_statistics
@@ -591,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_explain(commands)
     register_check(commands)
     register_retention(commands)
+    register_review(commands)
     return parser
 
 

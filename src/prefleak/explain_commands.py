@@ -13,26 +13,17 @@ import json
 import sys
 from typing import Any
 
-from prefleak.config import add_db_option, default_db
+from prefleak.config import add_db_option
 from prefleak.explain import SCHEMA, SubjectError, explain, parse_subject
-from prefleak.lineage import Lineage
-from prefleak.models.events import PROVENANCE_TYPES
-from prefleak.stats.analysis import Analysis
-from prefleak.stats.cells import Cells
-from prefleak.stats.commands import add_statistics_options, analyse_store, envelope, render
-from prefleak.store import EventStore
+from prefleak.stats.commands import (
+    add_statistics_options,
+    analyse_store,
+    envelope,
+    load_horizon,
+    render,
+)
 
 EXIT_OK, EXIT_USAGE = 0, 2
-
-
-def _load(args: argparse.Namespace, analysis: Analysis) -> tuple[Cells | None, Lineage]:
-    """The horizon's cells (None when there are none) and the lineage."""
-    with EventStore(args.db or default_db()) as store:
-        lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-        if analysis.horizon is None:
-            return None, lineage
-        cells = Cells.from_rows(store.verdict_rows(args.benchmark, since=analysis.horizon[0]))
-    return cells, lineage
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -42,7 +33,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"prefleak explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
     analysis = analyse_store(args)
-    cells, lineage = _load(args, analysis)
+    cells, lineage = load_horizon(args, analysis)
     document = envelope(SCHEMA, analysis)
     document.update(
         explain(analysis, cells, lineage, subject, ties=analysis.options.ties, top=args.top)

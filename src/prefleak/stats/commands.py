@@ -114,6 +114,17 @@ def analyse_store(args: argparse.Namespace) -> Analysis:
     return analyse(cells, lineage, options)
 
 
+def load_horizon(args: argparse.Namespace, analysis: Analysis) -> tuple[Cells | None, Lineage]:
+    """The cells of an analysis's horizon (None when it has none) and the lineage, for commands
+    that look at single prompts after the statistics (explain, review)."""
+    with EventStore(args.db or default_db()) as store:
+        lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
+        if analysis.horizon is None:
+            return None, lineage
+        cells = Cells.from_rows(store.verdict_rows(args.benchmark, since=analysis.horizon[0]))
+    return cells, lineage
+
+
 def envelope(schema: str, analysis: Analysis) -> dict[str, Any]:
     """The keys every statistics JSON document starts with."""
     return {
