@@ -1,0 +1,329 @@
+"""Fault drills: ``prefleak serve`` SIGKILLed at random moments while events arrive, then restarted.
+
+1. A watched directory fills up with a simulated stream split into 10 files (some gzipped), each
+   written in chunks (plain chunks end mid-line; gzip chunks end at a sync flush, so the reader
+   sees a stream cut short) while the daemon is killed at least 20 times at seeded random moments
+   (during startup, ingest or recompute). A last clean run consumes the rest.
+2. An at-least-once HTTP client posts NDJSON batches with event ids while the daemon is killed
+   mid-stream several times; unacknowledged batches are re-sent after each restart (and a few
+   acknowledged ones too, as a client that lost the answer would).
+
+Either way the store must end with every event exactly once: ``event_counts()`` equals the
+distinct ids sent, every malformed line is one dead letter, the live projections equal a rebuild
+of a copy, and ``prefleak check-db --deep`` passes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefleak.simulate import Scenario, simulate
+from prefleak.store import EventStore
+from services import wait_for
+from test_daemon import RUNNER, Daemon, _env
+
+pytestmark = pytest.mark.slow
+
+Event = dict[str, Any]
+MIN_FILE_KILLS = 20
+FILES = 10
+HTTP_KILLS = 6
+BATCH = 50
+
+
+def _line(event: Event) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+
+
+def _distinct_counts(events: list[Event]) -> dict[str, int]:
+    unique = {e["id"]: e["type"] for e in events}
+    return dict(sorted(Counter(unique.values()).items()))
+
+
+def _stored(db: Path) -> int:
+    """Events plus dead letters committed so far (0 before the store exists)."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=30) as reader:
+        try:
+            (events,) = reader.execute("SELECT count(*) FROM events").fetchone()
+            (rejected,) = reader.execute("SELECT count(*) FROM rejected").fetchone()
+        except sqlite3.OperationalError:  # killed before the schema was committed
+            return 0
+    reader.close()
+    return int(events) + int(rejected)
+
+
+def _assert_exactly_once(db: Path, tmp_path: Path, expected: dict[str, int]) -> int:
+    """The end state of a drill; returns the number of dead letters."""
+    with EventStore(db) as store:
+        assert {str(k): int(v) for k, v in store.event_counts().items()} == expected
+        rejected = store.rejections()
+        assert len({(r.source, r.location) for r in rejected}) == len(rejected)
+        live = store.projection_dump()
+    copy = tmp_path / f"{db.stem}-copy.db"
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+    with EventStore(copy) as rebuilt:
+        assert rebuilt.rebuild() == sum(expected.values())
+        assert rebuilt.projection_dump() == live
+    checked = subprocess.run(
+        [sys.executable, "-m", "prefleak", "check-db", "--db", str(db), "--deep"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return len(rejected)
+
+
+# -- 1. a watched directory -----------------------------------------------------------------------
+
+
+def _file_contents(rng: random.Random) -> tuple[dict[str, bytes], list[Event]]:
+    """10 files' final bytes (uncompressed) and every event written, duplicates included."""
+    events = list(simulate(Scenario(seed=11, prompts_per_benchmark=40)))
+    per_file = -(-len(events) // FILES)
+    contents: dict[str, bytes] = {}
+    written: list[Event] = []
+    for i in range(FILES):
+        part = events[i * per_file : (i + 1) * per_file]
+        if i:  # an at-least-once writer repeats a few events of earlier files
+            part = part + rng.sample(events[: i * per_file], 25)
+        lines = [_line(e) for e in part]
+        lines.insert(rng.randrange(1, len(lines)), b'{"type": "verdict", "broken\n')
+        name = f"part-{i:02d}.jsonl" + (".gz" if i % 3 == 2 else "")
+        contents[name] = b"".join(lines)
+        written.extend(part)
+    return contents, written
+
+
+def _write_files(directory: Path, contents: dict[str, bytes], rng: random.Random) -> None:
+    """Write each file in 4 chunks with pauses, cutting plain files mid-line."""
+    for name, data in contents.items():
+        cuts = sorted(rng.sample(range(1, len(data)), 3))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        path = directory / name
+        if name.endswith(".gz"):
+            with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as compressed:
+                for chunk in chunks:
+                    compressed.write(chunk)
+                    compressed.flush()  # a sync flush: a valid prefix of a stream cut short
+                    raw.flush()
+                    time.sleep(rng.uniform(0.2, 0.7))
+        else:
+            with path.open("ab") as plain:
+                for chunk in chunks:
+                    plain.write(chunk)
+                    plain.flush()
+                    time.sleep(rng.uniform(0.2, 0.7))
+
+
+def _consumed(db: Path, directory: Path) -> bool:
+    """Every file's committed byte offset is its size (the compressed size for gzip)."""
+    with sqlite3.connect(db, timeout=30) as reader:
+        offsets = dict(
+            reader.execute(
+                "SELECT source, position FROM offsets WHERE partition = 'bytes'"
+            ).fetchall()
+        )
+    reader.close()
+    return all(
+        offsets.get(f"file:{path.resolve()}") == path.stat().st_size for path in directory.iterdir()
+    )
+
+
+def test_watched_directory_survives_repeated_kill_9(tmp_path: Path) -> None:
+    started = time.monotonic()
+    rng = random.Random(20261126)
+    contents, written = _file_contents(rng)
+    expected = _distinct_counts(written)
+    incoming, db = tmp_path / "incoming", tmp_path / "files.db"
+    incoming.mkdir()
+    args = ("--db", str(db), "--watch", str(incoming))
+    env = {
+        "PREFLEAK_WATCH__POLL_INTERVAL_S": "0.05",
+        "PREFLEAK_WATCH__SETTLE_S": "600",  # a half-written line is never taken as a whole one
+        "PREFLEAK_RECOMPUTE__INTERVAL_S": "1",
+    }
+    writer = threading.Thread(
+        target=_write_files, args=(incoming, contents, random.Random(rng.random())), daemon=True
+    )
+    log = (tmp_path / "killed.log").open("ab")
+    kills = lives_with_progress = killed_before_listening = 0
+    process: subprocess.Popen[bytes] | None = None
+    writer.start()
+    try:
+        while writer.is_alive() or kills < MIN_FILE_KILLS:
+            assert time.monotonic() - started < 60, f"only {kills} kills in 60 s"
+            before = _stored(db)
+            log_start = log.tell()
+            process = subprocess.Popen(
+                [sys.executable, "-c", RUNNER, "serve", "--port", "0", *args],
+                env=_env(**env),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            time.sleep(rng.uniform(0.1, 1.6))  # startup takes ~0.5-1 s: some die before it ends
+            assert process.poll() is None, (tmp_path / "killed.log").read_text()[log_start:]
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            process = None
+            kills += 1
+            log.flush()
+            tail = (tmp_path / "killed.log").read_bytes()[log_start:]
+            killed_before_listening += b"listening on" not in tail
+            lives_with_progress += _stored(db) > before
+        writer.join()
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    stored_before_final = _stored(db)
+
+    final = Daemon(tmp_path, *args, **env)
+    try:
+        wait_for(lambda: _consumed(db, incoming), 60, "every file consumed")
+        time.sleep(0.3)  # a few more polls: anything more would be a double count
+        final.stop()
+    finally:
+        final.kill()
+    dead_letters = _assert_exactly_once(db, tmp_path, expected)
+    assert dead_letters == FILES
+    with sqlite3.connect(db) as reader:
+        files = reader.execute("SELECT count(DISTINCT source) FROM offsets").fetchone()
+    reader.close()
+    assert files == (FILES,)
+    elapsed = time.monotonic() - started
+    print(
+        f"\nfile drill: {kills} SIGKILLs ({killed_before_listening} before the startup line, "
+        f"{lives_with_progress} after committing something); {stored_before_final} of "
+        f"{sum(expected.values()) + FILES} rows stored before the clean run; "
+        f"{len(written)} lines sent, {sum(expected.values())} distinct; {elapsed:.1f} s"
+    )
+    assert kills >= MIN_FILE_KILLS
+    assert lives_with_progress >= 5
+    assert stored_before_final > 0
+
+
+# -- 2. HTTP, at-least-once -----------------------------------------------------------------------
+
+
+class _Client:
+    """Posts every batch until one answer acknowledges it; re-sends some acknowledged ones."""
+
+    def __init__(self, batches: list[bytes], sizes: list[int], daemons: list[Daemon]) -> None:
+        self.batches, self.sizes, self.daemons = batches, sizes, daemons
+        self.acked = 0
+        self.failed_attempts = 0
+        self.accepted = 0
+        self.resent_duplicates = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def _post(self, body: bytes) -> dict[str, Any] | None:
+        daemon = self.daemons[-1]
+        connection = http.client.HTTPConnection(daemon.host, daemon.port, timeout=10)
+        try:
+            connection.request(
+                "POST", "/v1/events", body=body, headers={"Content-Type": "application/x-ndjson"}
+            )
+            response = connection.getresponse()
+            status, answer = response.status, response.read()
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            connection.close()
+        assert status == 200, answer
+        return dict(json.loads(answer))
+
+    def _until_acked(self, body: bytes) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while (answer := self._post(body)) is None:
+            self.failed_attempts += 1
+            assert time.monotonic() < deadline, "no answer for 30 s"
+            time.sleep(0.05)
+        return answer
+
+    def run(self) -> None:
+        try:
+            for k, (body, size) in enumerate(zip(self.batches, self.sizes, strict=True)):
+                answer = self._until_acked(body)
+                assert answer["rejected"] == 0, answer
+                assert answer["accepted"] + answer["duplicate"] == size, answer
+                self.accepted += answer["accepted"]
+                self.acked += 1
+                if k % 10 == 9:  # the answer "got lost": send it again
+                    again = self._until_acked(body)
+                    assert (again["accepted"], again["duplicate"]) == (0, size), again
+                    self.resent_duplicates += size
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+def test_http_at_least_once_client_survives_kill_9(tmp_path: Path) -> None:
+    started = time.monotonic()
+    rng = random.Random(9)
+    events = list(simulate(Scenario(seed=4, prompts_per_benchmark=12)))
+    expected = _distinct_counts(events)
+    batches = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
+    db = tmp_path / "http.db"
+    args = ("--db", str(db))
+    env = {"PREFLEAK_RECOMPUTE__INTERVAL_S": "1"}
+    daemons = [Daemon(tmp_path, *args, **env)]
+    client = _Client(
+        [b"".join(_line(e) for e in batch) for batch in batches],
+        [len(batch) for batch in batches],
+        daemons,
+    )
+    poster = threading.Thread(target=client.run, daemon=True)
+    poster.start()
+    kills = 0
+    try:
+        for _ in range(HTTP_KILLS):
+            target = client.acked + rng.randint(3, len(batches) // (2 * HTTP_KILLS))
+            wait_for(lambda t=target: client.acked >= t or client.done.is_set(), 30, "acks")
+            if client.done.is_set():
+                break
+            time.sleep(rng.uniform(0.0, 0.03))  # mid-request, most likely
+            daemons[-1].kill()
+            kills += 1
+            daemons.append(Daemon(tmp_path, *args, **env))
+        assert client.done.wait(60), "the client did not finish"
+        assert client.error is None, repr(client.error)
+        daemons[-1].stop()
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+    assert client.acked == len(batches)
+    assert kills == HTTP_KILLS
+    assert _assert_exactly_once(db, tmp_path, expected) == 0
+    # Batches whose answer a kill swallowed were stored once, then counted as duplicates.
+    assert client.accepted <= len(events)
+    elapsed = time.monotonic() - started
+    print(
+        f"\nhttp drill: {kills} SIGKILLs, {client.failed_attempts} posts without an answer "
+        f"(re-sent), {len(events) - client.accepted} events stored by a post whose answer was "
+        f"lost, {client.resent_duplicates} deliberate duplicates; {len(batches)} batches of "
+        f"{BATCH}; {elapsed:.1f} s"
+    )
