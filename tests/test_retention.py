@@ -11,6 +11,7 @@ import pytest
 
 from prefleak import retention
 from prefleak.cli import main
+from prefleak.consumers.http import ingest_body
 from prefleak.ingest import read_message
 from prefleak.models.events import validate
 from prefleak.store import Batch, EventStore, StoredEvent
@@ -173,7 +174,6 @@ def test_ingest_hash_texts_stores_no_verdict_text(
     path.write_text(json.dumps(VERDICT) + "\n" + json.dumps(_sample(1, 2)) + "\n")
     out = _run(capsys, "ingest", "--db", str(db), "--hash-texts", str(path))
     assert "2 accepted" in out
-    assert not retention.hashing()  # the policy is the command's only
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("store.db*"))
     assert b"What is 2+2?" not in raw and b"Vier" not in raw
     with EventStore(db) as store:
@@ -183,6 +183,24 @@ def test_ingest_hash_texts_stores_no_verdict_text(
     # the id is the full content's: re-sending in hashed mode is a duplicate
     out = _run(capsys, "ingest", "--db", str(db), "--hash-texts", str(path))
     assert "0 accepted, 2 duplicate" in out
+    # the choice is the command's only: the next ingest without the flag keeps full texts
+    other = tmp_path / "full.db"
+    _run(capsys, "ingest", "--db", str(other), str(path))
+    with EventStore(other) as store:
+        [verdict] = store.events(["verdict"])
+        assert verdict.prompt == "What is 2+2?"
+
+
+def test_the_service_intake_hashes_texts_when_configured(tmp_path: Path) -> None:
+    """POST /v1/events bodies pass ``privacy.store_texts`` down to every message they hold."""
+    body = (json.dumps(VERDICT) + "\n" + json.dumps({**VERDICT, "prompt_id": "p2"})).encode()
+    with EventStore(tmp_path / "http.db") as store:
+        result = ingest_body(
+            store, body, "application/x-ndjson", max_message_bytes=1 << 20, hash_texts=True
+        ).result
+        assert result.accepted == 2
+        for verdict in store.events(["verdict"]):
+            assert verdict.prompt == retention.hash_text("What is 2+2?")
 
 
 def test_text_policy_from_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

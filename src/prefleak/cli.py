@@ -27,6 +27,7 @@ from prefleak.explain_commands import register as register_explain
 from prefleak.ingest import Ingestor, open_lines
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.retention import hash_texts_from_settings
 from prefleak.retention import register as register_retention
 from prefleak.review_commands import register as register_review
 from prefleak.stats.analysis import ScoredPLS
@@ -111,12 +112,16 @@ def _workers(requested: int | None, size: int | None) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    hash_texts = args.hash_texts or hash_texts_from_settings()
     with _store(args) as store:
         total = AppendResult()
         for name in args.files:
             size = None if name == "-" else Path(name).stat().st_size
             ingestor = Ingestor(
-                store, max_message_bytes=args.max_line_bytes, workers=_workers(args.workers, size)
+                store,
+                max_message_bytes=args.max_line_bytes,
+                workers=_workers(args.workers, size),
+                hash_texts=hash_texts,
             )
             progress = _Progress(name, size, sys.stderr)
             try:
@@ -410,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1024 * 1024,
         help="reject lines longer than this without parsing them",
+    )
+    ingest.add_argument(
+        "--hash-texts",
+        action="store_true",
+        help="store verdicts' prompt and responses as sha256:<hex> (also "
+        "PREFLEAK_PRIVACY__STORE_TEXTS=hashed; docs/storage.md)",
     )
     ingest.add_argument(
         "--show-errors", type=int, default=5, metavar="N", help="rejections to print per file"

@@ -31,12 +31,12 @@ def read_message(
     location: str,
     max_bytes: int = MAX_MESSAGE_BYTES,
     received_at: datetime | None = None,
-    hash_texts: bool | None = None,
+    hash_texts: bool = False,
 ) -> StoredEvent | Rejection:
     """Validate one message; anything invalid becomes a :class:`Rejection` with the reason.
 
-    ``hash_texts`` stores verdicts' texts as hashes (:func:`prefleak.retention.redact`); None
-    follows the process's ``privacy.store_texts`` policy (:func:`prefleak.retention.hashing`).
+    ``hash_texts`` stores verdicts' texts as hashes (:func:`prefleak.retention.redact`): the
+    ``privacy.store_texts: hashed`` setting, which every source passes down.
     """
     if len(raw) > max_bytes:
         return Rejection(
@@ -44,7 +44,7 @@ def read_message(
         )
     try:
         event = complete(validate(raw), received_at=received_at)
-        if retention.hashing() if hash_texts is None else hash_texts:
+        if hash_texts:
             body = retention.redact(raw.strip())
             hashed = validate(body).model_copy(update={"id": event.id, "ts": event.ts})
             return prepare(hashed, body, location)  # the id is still the full content's
@@ -54,7 +54,12 @@ def read_message(
 
 
 def read_lines(
-    lines: list[bytes], first_number: int, source: str, max_bytes: int, received_at: datetime
+    lines: list[bytes],
+    first_number: int,
+    source: str,
+    max_bytes: int,
+    received_at: datetime,
+    hash_texts: bool = False,
 ) -> Batch:
     """Validate a chunk of JSONL lines (numbered from ``first_number``) into one batch.
 
@@ -72,6 +77,7 @@ def read_lines(
                     location=f"line {number}",
                     max_bytes=max_bytes,
                     received_at=received_at,
+                    hash_texts=hash_texts,
                 )
             )
     return batch
@@ -92,11 +98,13 @@ class Ingestor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         workers: int = 0,
+        hash_texts: bool = False,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
         self.max_message_bytes = max_message_bytes
         self.workers = workers
+        self.hash_texts = hash_texts
 
     def ingest_lines(
         self,
@@ -133,11 +141,12 @@ class Ingestor:
 
     def _chunks(
         self, lines: Iterable[bytes], source: str
-    ) -> Iterator[tuple[list[bytes], int, str, int, datetime]]:
+    ) -> Iterator[tuple[list[bytes], int, str, int, datetime, bool]]:
         iterator = iter(lines)
         number = 1
         while chunk := list(islice(iterator, self.batch_size)):
-            yield chunk, number, source, self.max_message_bytes, datetime.now(UTC)
+            yield (chunk, number, source, self.max_message_bytes, datetime.now(UTC),
+                   self.hash_texts)  # fmt: skip
             number += len(chunk)
 
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -28,19 +27,6 @@ REDACTED_FIELDS: dict[str, tuple[str, ...]] = {"verdict": ("prompt", "response_a
 ``prompt``: diversity measures (n-grams, embeddings, coverage) need the words themselves."""
 
 HASH_PREFIX = "sha256:"
-
-_policy: list[TextPolicy] = ["full"]
-"""The process's ``privacy.store_texts``: set once at start by the CLI or the service."""
-
-
-def set_text_policy(policy: TextPolicy) -> None:
-    """Make every later :func:`prefleak.ingest.read_message` store texts this way."""
-    _policy[0] = policy
-
-
-def hashing() -> bool:
-    """Whether this process stores verdicts' texts as hashes."""
-    return _policy[0] == "hashed"
 
 
 def hash_text(text: str) -> str:
@@ -154,45 +140,20 @@ example:
   prefleak compact --before 2026-08-01 --vacuum"""
 
 
-def _with_text_policy(
-    handler: Callable[[argparse.Namespace], int],
-    policy: Callable[[argparse.Namespace], TextPolicy],
-) -> Callable[[argparse.Namespace], int]:
-    """``handler`` run under the text policy its arguments choose (restored afterwards)."""
-
-    def run(args: argparse.Namespace) -> int:
-        previous = _policy[0]
-        set_text_policy(policy(args))
-        try:
-            return handler(args)
-        finally:
-            set_text_policy(previous)
-
-    return run
-
-
-def _settings_policy(config: Any = None) -> TextPolicy:
-    """``privacy.store_texts`` of the settings (a bad file or variable is reported by serve;
-    here it means the default, full texts)."""
+def hash_texts_from_settings() -> bool:
+    """``privacy.store_texts`` as ``PREFLEAK_*`` sets it, for ``prefleak ingest`` (which reads no
+    config file); settings that do not load mean the default, full texts (``serve`` reports them).
+    """
     from prefleak.config import ConfigError, load_settings
 
     try:
-        return load_settings(config).privacy.store_texts
+        return load_settings().privacy.hashed
     except ConfigError:
-        return "full"
-
-
-def _ingest_policy(args: argparse.Namespace) -> TextPolicy:
-    """``--hash-texts``, else ``PREFLEAK_PRIVACY__STORE_TEXTS``, else full texts."""
-    return "hashed" if getattr(args, "hash_texts", False) else _settings_policy()
-
-
-def _service_policy(args: argparse.Namespace) -> TextPolicy:
-    return _settings_policy(getattr(args, "config", None))
+        return False
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``compact``, ``ingest --hash-texts`` and the service's ``privacy.store_texts``."""
+    """Add ``compact``."""
     from prefleak.config import add_db_option
 
     summary = "Drop old events' bodies from the log; every reported number stays the same."
@@ -216,17 +177,3 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--vacuum", action="store_true", help="then VACUUM, so the file itself shrinks"
     )
     compact.add_argument("--json", action="store_true", help="machine-readable output")
-
-    ingest = commands.choices.get("ingest")
-    if ingest is not None:
-        ingest.add_argument(
-            "--hash-texts",
-            action="store_true",
-            help="store verdicts' prompt and responses as sha256:<hex> (privacy.store_texts)",
-        )
-        ingest.set_defaults(
-            handler=_with_text_policy(ingest.get_default("handler"), _ingest_policy)
-        )
-    serve = commands.choices.get("serve")
-    if serve is not None:
-        serve.set_defaults(handler=_with_text_policy(serve.get_default("handler"), _service_policy))

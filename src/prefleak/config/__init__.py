@@ -319,6 +319,10 @@ class PrivacySettings(_Section):
     store_texts: Literal["full", "hashed"] = "full"
     """hashed: verdicts' prompt and responses are stored as ``sha256:<hex>`` (samples in full)."""
 
+    @property
+    def hashed(self) -> bool:
+        return self.store_texts == "hashed"
+
 
 _FILE_LAYER: ContextVar[dict[str, Any]] = ContextVar("_FILE_LAYER")
 """The YAML file's values for the :class:`Settings` being built (a layer below the env vars)."""

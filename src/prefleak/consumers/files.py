@@ -74,6 +74,7 @@ class FileWatcher:
         poll_interval_s: float = 2.0,
         settle_s: float = 10.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        hash_texts: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
         on_result: Callable[[AppendResult], None] | None = None,
     ) -> None:
@@ -82,6 +83,7 @@ class FileWatcher:
         self.poll_interval_s = poll_interval_s
         self.settle_s = settle_s
         self.max_message_bytes = max_message_bytes
+        self.hash_texts = hash_texts
         self.batch_size = batch_size
         self.on_result = on_result
         self._progress = self._load_progress()
@@ -207,7 +209,11 @@ class FileWatcher:
 
     def _read_into(self, batch: Batch, raw: bytes, source: str, number: int) -> None:
         item = read_message(
-            raw, source=source, location=f"line {number}", max_bytes=self.max_message_bytes
+            raw,
+            source=source,
+            location=f"line {number}",
+            max_bytes=self.max_message_bytes,
+            hash_texts=self.hash_texts,
         )
         batch.add(item)
 

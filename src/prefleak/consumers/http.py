@@ -51,19 +51,24 @@ def _json_error(raw: bytes) -> str | None:
 
 
 def ingest_body(
-    store: EventStore, body: bytes, content_type: str, *, max_message_bytes: int
+    store: EventStore,
+    body: bytes,
+    content_type: str,
+    *,
+    max_message_bytes: int,
+    hash_texts: bool = False,
 ) -> BodyResult:
     """Validate and store a request body; the format comes from Content-Type or the body itself."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    ingestor = Ingestor(store, max_message_bytes=max_message_bytes)
+    ingestor = Ingestor(store, max_message_bytes=max_message_bytes, hash_texts=hash_texts)
     if media_type in NDJSON_TYPES:
         return BodyResult(ingestor.ingest_lines(body.splitlines(), source=SOURCE))
     stripped = body.lstrip()
     whole_error = _json_error(body)
     if whole_error is None and stripped.startswith(b"["):
-        return BodyResult(_ingest_array(store, body, max_message_bytes))
+        return BodyResult(_ingest_array(ingestor, body))
     if whole_error is None:
-        return BodyResult(_append(store, [_read(body, "item 1", max_message_bytes)]))
+        return BodyResult(_append(store, [_read(body, "item 1", ingestor)]))
     lines = body.splitlines()
     filled = [line for line in lines if line.strip()]
     if len(filled) > 1 and any(_json_error(line) is None for line in filled):
@@ -72,25 +77,31 @@ def ingest_body(
     return BodyResult(_append(store, [rejection]), not_json=True)
 
 
-def _read(raw: bytes, location: str, max_bytes: int) -> StoredEvent | Rejection:
-    return read_message(raw, source=SOURCE, location=location, max_bytes=max_bytes)
+def _read(raw: bytes, location: str, ingestor: Ingestor) -> StoredEvent | Rejection:
+    return read_message(
+        raw,
+        source=SOURCE,
+        location=location,
+        max_bytes=ingestor.max_message_bytes,
+        hash_texts=ingestor.hash_texts,
+    )
 
 
-def _ingest_array(store: EventStore, body: bytes, max_bytes: int) -> AppendResult:
+def _ingest_array(ingestor: Ingestor, body: bytes) -> AppendResult:
     """Each element is re-encoded and read as one message, located as ``item N`` (1-based)."""
     items = json.loads(body)
-    messages = [_item(item, f"item {n}", max_bytes) for n, item in enumerate(items, start=1)]
-    return _append(store, messages)
+    messages = [_item(item, f"item {n}", ingestor) for n, item in enumerate(items, start=1)]
+    return _append(ingestor.store, messages)
 
 
-def _item(item: object, location: str, max_bytes: int) -> StoredEvent | Rejection:
+def _item(item: object, location: str, ingestor: Ingestor) -> StoredEvent | Rejection:
     try:
         raw = json.dumps(item, ensure_ascii=False).encode()
     except UnicodeEncodeError:  # a lone surrogate, escaped in the body: keep it escaped
         raw = json.dumps(item).encode()
     except RecursionError:  # decoded a few frames higher up the stack than this
         return Rejection(SOURCE, location, b"", "nested too deeply")
-    return _read(raw, location, max_bytes)
+    return _read(raw, location, ingestor)
 
 
 def _append(store: EventStore, messages: list[StoredEvent | Rejection]) -> AppendResult:

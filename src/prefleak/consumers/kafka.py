@@ -154,6 +154,7 @@ class KafkaSource:
         dead_letter_topic: str | None = None,
         max_poll_records: int = 5000,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        hash_texts: bool = False,
         client_options: dict[str, Any] | None = None,
         on_result: Callable[[AppendResult], None] | None = None,
     ) -> None:
@@ -169,6 +170,7 @@ class KafkaSource:
         self.dead_letter_topic = dead_letter_topic
         self.max_poll_records = max_poll_records
         self.max_message_bytes = max_message_bytes
+        self.hash_texts = hash_texts
         self.client_options = dict(client_options or {})
         self.on_result = on_result
         self._up = False
@@ -488,6 +490,7 @@ class _Session:
                     location=f"partition {tp.partition} offset {message.offset}",
                     max_bytes=source.max_message_bytes,
                     received_at=received_at,
+                    hash_texts=source.hash_texts,
                 )
                 batch.add(item)
                 if isinstance(item, Rejection):

@@ -86,6 +86,7 @@ class Service:
                 poll_interval_s=settings.watch.poll_interval_s,
                 settle_s=settings.watch.settle_s,
                 max_message_bytes=settings.max_message_bytes,
+                hash_texts=settings.privacy.hashed,
                 on_result=self._counter("file"),
             )
         if settings.kafka.enabled:
@@ -110,6 +111,7 @@ class Service:
             dead_letter_topic=kafka.dead_letter_topic,
             max_poll_records=kafka.max_poll_records,
             max_message_bytes=self.settings.max_message_bytes,
+            hash_texts=self.settings.privacy.hashed,
             client_options=kafka.client_options or None,
             on_result=self._counter("kafka"),
         )
@@ -136,7 +138,11 @@ class Service:
 
     def ingest(self, body: bytes, content_type: str) -> BodyResult:
         outcome = ingest_body(
-            self.store, body, content_type, max_message_bytes=self.settings.max_message_bytes
+            self.store,
+            body,
+            content_type,
+            max_message_bytes=self.settings.max_message_bytes,
+            hash_texts=self.settings.privacy.hashed,
         )
         self.metrics.record("http", outcome.result)
         return outcome
