@@ -281,11 +281,11 @@ def test_readyz_waits_for_sources_and_first_recompute(
     )
     status, answer = daemon.get_json("/readyz")
     assert status == 503
-    assert "source files is down" in answer["reasons"]
-    assert daemon.value("prefleak_source_up", source="files") == 0
+    assert "source file is down" in answer["reasons"]
+    assert daemon.value("prefleak_source_up", source="file") == 0
     incoming.mkdir()
     wait_for(lambda: daemon.request("GET", "/readyz")[0] == 200, what="/readyz 200")
-    assert daemon.value("prefleak_source_up", source="files") == 1
+    assert daemon.value("prefleak_source_up", source="file") == 1
     assert daemon.value("prefleak_last_recompute_timestamp_seconds") is not None
     _, status_json = daemon.get_json("/v1/status")
     assert status_json["ready"] is True

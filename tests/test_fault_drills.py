@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import itertools
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -26,15 +28,19 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from broker import FAST_GROUP, TansuBroker
+from prefleak.consumers.kafka import produce_events
 from prefleak.simulate import Scenario, simulate
 from prefleak.store import EventStore
-from services import wait_for
+from services import require_binary, wait_for
 from test_daemon import RUNNER, Daemon, _env
+from test_kafka_source import expected_counts, produce, provenance_events, verdict_events
 
 pytestmark = pytest.mark.slow
 
@@ -326,4 +332,214 @@ def test_http_at_least_once_client_survives_kill_9(tmp_path: Path) -> None:
         f"(re-sent), {len(events) - client.accepted} events stored by a post whose answer was "
         f"lost, {client.resent_duplicates} deliberate duplicates; {len(batches)} batches of "
         f"{BATCH}; {elapsed:.1f} s"
+    )
+
+
+# -- 3. a full disk -------------------------------------------------------------------------------
+
+SMALL_FS_BYTES = 2 * 1024 * 1024
+"""Room for a few thousand events: the store fills up part way through the stream."""
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs the test fills; remounted larger to play "the operator freed space"."""
+    mount = require_binary("mount", "util-linux")
+    where = tmp_path / "small"
+    where.mkdir()
+    made = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", f"size={SMALL_FS_BYTES}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        message = f"cannot mount a small tmpfs (needs root): {made.stderr.strip()}"
+        if os.environ.get("PREFLEAK_REQUIRE_SERVICES") == "1" and os.geteuid() == 0:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _grow(where: Path) -> None:
+    subprocess.run([*("mount", "-o", "remount,size=64m"), str(where)], check=True)
+
+
+def test_cli_ingest_to_a_full_disk_fails_cleanly_and_resumes(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    events = list(simulate(Scenario(seed=5, prompts_per_benchmark=40)))
+    source = tmp_path / "stream.jsonl"
+    source.write_bytes(b"".join(_line(e) for e in events))
+    db = small_fs / "ingest.db"
+    full = subprocess.run(
+        [sys.executable, "-m", "prefleak", "ingest", "--db", str(db), str(source)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "the disk holding it is full" in full.stderr
+    assert "Traceback" not in full.stderr
+    _grow(small_fs)
+    again = subprocess.run(
+        [sys.executable, "-m", "prefleak", "ingest", "--db", str(db), str(source)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    _assert_exactly_once(db, tmp_path, _distinct_counts(events))
+
+
+def test_serve_refuses_writes_on_a_full_disk_and_recovers(small_fs: Path, tmp_path: Path) -> None:
+    """HTTP posts get 507 with the reason, the watched directory waits, readiness says why, the
+    process stays up; once space is freed everything re-sent or waiting is stored exactly once,
+    without a restart or a repair."""
+    events = list(simulate(Scenario(seed=6, prompts_per_benchmark=40)))
+    expected = _distinct_counts(events)
+    half = len(events) // 2
+    batches = [events[i : i + 500] for i in range(0, half, 500)]
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    db = small_fs / "serve.db"
+    daemon = Daemon(
+        tmp_path,
+        *("--db", str(db), "--watch", str(incoming)),
+        PREFLEAK_WATCH__POLL_INTERVAL_S="0.1",
+        PREFLEAK_WATCH__SETTLE_S="0",
+    )
+    try:
+        refused: list[bytes] = []
+        for batch in batches:
+            body = b"".join(_line(e) for e in batch)
+            if refused:  # once full, every later post is refused too
+                refused.append(body)
+                continue
+            status, answer = daemon.post(body, "application/x-ndjson")
+            if status != 200:
+                assert status == 507, answer
+                assert "the disk holding it is full" in answer["error"]
+                assert answer["stored"] == 0
+                refused.append(body)
+        assert refused, "the small disk never filled"
+        (incoming / "rest.jsonl").write_bytes(b"".join(_line(e) for e in events[half:]))
+        wait_for(lambda: daemon.value("prefleak_source_up", source="file") == 0.0, 20, "down")
+        status, ready = daemon.get_json("/readyz")
+        assert status == 503
+        assert any("the disk holding it is full" in reason for reason in ready["reasons"])
+        failures = daemon.value("prefleak_store_write_failures_total")
+        assert failures is not None and failures >= 2  # the refused post and the watcher
+        assert daemon.proc.poll() is None
+
+        _grow(small_fs)
+        for body in refused:
+            status, answer = daemon.post(body, "application/x-ndjson")
+            assert status == 200, answer
+        wait_for(lambda: daemon.value("prefleak_source_up", source="file") == 1.0, 20, "up")
+        wait_for(lambda: daemon.get_json("/readyz")[0] == 200, 20, "ready again")
+        wait_for(lambda: _stored(db) == sum(expected.values()), 30, "every event stored")
+        daemon.stop()
+    finally:
+        daemon.kill()
+    assert "Traceback" not in daemon.log()
+    assert daemon.log().count("the disk holding it is full") >= 1
+    assert _assert_exactly_once(db, tmp_path, expected) == 0
+
+
+# -- 4. broker restarts ---------------------------------------------------------------------------
+
+BROKER_RESTARTS = 5
+QUICK_TO_GIVE_UP = {
+    "max_block_ms": 3000,
+    "request_timeout_ms": 2000,
+    "delivery_timeout_ms": 4000,
+    "retries": 0,
+}
+"""A producer whose broker died gives up within seconds (kafka-python waits minutes)."""
+
+
+def _produce_until(
+    broker: TansuBroker, events: list[Event], stop: threading.Event, failures: list[str]
+) -> None:
+    """Send the stream until ``stop`` (the broker died; after the restart all is re-sent)."""
+    try:
+        produce_events(
+            broker.bootstrap_servers,
+            itertools.takewhile(lambda _: not stop.is_set(), events),
+            verdict_topic="verdicts",
+            provenance_topic="provenance",
+            client_options=QUICK_TO_GIVE_UP,
+        )
+    except Exception as exc:  # what was in flight when the broker went away
+        failures.append(type(exc).__name__)
+
+
+def test_serve_rides_out_repeated_broker_restarts(tmp_path: Path) -> None:
+    """The broker is SIGKILLed and restarted 5 times at random moments while ``serve`` consumes;
+    Tansu keeps topics in memory, so each restart starts an empty log and the producer re-sends
+    the whole stream. The daemon never exits, reports Kafka down during each outage and ends
+    with every event exactly once."""
+    started = time.monotonic()
+    rng = random.Random(5)
+    stream = provenance_events() + verdict_events(30_000, prefix="restart")
+    expected = expected_counts(stream)
+    topics = {"verdicts": 4, "provenance": 1}
+    db = tmp_path / "kafka.db"
+    with TansuBroker(log_path=tmp_path / "tansu.log") as broker:
+        broker.create_topics(topics)
+        daemon = Daemon(
+            tmp_path,
+            *("--db", str(db), "--kafka", broker.bootstrap_servers[0]),
+            PREFLEAK_KAFKA__VERDICT_TOPICS='["verdicts"]',
+            PREFLEAK_KAFKA__PROVENANCE_TOPICS='["provenance"]',
+            PREFLEAK_KAFKA__GROUP_ID="restarts",
+            PREFLEAK_KAFKA__MAX_POLL_RECORDS="500",
+            PREFLEAK_KAFKA__CLIENT_OPTIONS=json.dumps(FAST_GROUP),
+            PREFLEAK_RECOMPUTE__INTERVAL_S="1",
+        )
+        producer_failures: list[str] = []
+        stored_at_restart: list[int] = []
+        try:
+            for _ in range(BROKER_RESTARTS):
+                wait_for(
+                    lambda: daemon.value("prefleak_source_up", source="kafka") == 1.0, 60, "up"
+                )
+                broker_down = threading.Event()
+                producer = threading.Thread(
+                    target=_produce_until,
+                    args=(broker, stream, broker_down, producer_failures),
+                    daemon=True,
+                )
+                producer.start()
+                time.sleep(rng.uniform(0.3, 2.0))  # mid-stream, most likely
+                broker_down.set()
+                broker.stop()
+                stored_at_restart.append(_stored(db))
+                wait_for(
+                    lambda: daemon.value("prefleak_source_up", source="kafka") == 0.0, 30, "down"
+                )
+                producer.join(timeout=30)
+                assert not producer.is_alive()
+                time.sleep(rng.uniform(0.2, 1.5))
+                broker.start()
+                broker.create_topics(topics)
+                assert daemon.proc.poll() is None, daemon.log()
+            produce(broker, stream)  # the last full delivery
+            wait_for(lambda: _stored(db) == sum(expected.values()), 90, "every event stored")
+            time.sleep(1.0)  # anything more would be a double count
+            daemon.stop()
+        finally:
+            daemon.kill()
+    assert "Traceback" not in daemon.log()
+    assert _assert_exactly_once(db, tmp_path, expected) == 0
+    assert any(0 < stored < sum(expected.values()) for stored in stored_at_restart)
+    print(
+        f"\nbroker drill: {BROKER_RESTARTS} restarts; stored before each: {stored_at_restart} "
+        f"of {sum(expected.values())}; {len(producer_failures)} producer runs cut short; "
+        f"{time.monotonic() - started:.1f} s"
     )

@@ -11,7 +11,7 @@ import pytest
 
 from prefleak.ingest import Ingestor, read_message
 from prefleak.simulate import Scenario, simulate
-from prefleak.store import Batch, EventStore, Rejection, StoredEvent, StoreError
+from prefleak.store import Batch, EventStore, Rejection, StoredEvent, StoreError, StoreWriteError
 
 
 def _lines(events: list[dict[str, object]]) -> list[bytes]:
@@ -187,3 +187,25 @@ def test_a_store_of_an_older_projection_layout_is_rebuilt_on_open(tmp_path: Path
     db.close()
     with EventStore(path) as store:
         assert store.projection_dump() == expected
+
+
+def test_a_full_database_refuses_the_batch_whole_and_recovers(store: EventStore) -> None:
+    """SQLITE_FULL (here from max_page_count, as a full disk gives it) rolls the batch back with
+    its offsets, says so in one sentence, and the next write after space is freed succeeds."""
+    events = list(simulate(Scenario(seed=2, prompts_per_benchmark=20)))
+    batch = Batch(source="t", records=[_record(line) for line in _lines(events)])
+    batch.offsets[("t", "0")] = len(events)
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+    store._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(StoreWriteError, match="the disk holding it is full") as refused:
+        store.append(batch)
+    assert refused.value.disk_full
+    assert store.event_counts() == {}
+    assert store.offsets() == {}
+    assert store.write_failures == 1
+    assert store.write_error == str(refused.value)
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    result = store.append(batch)
+    assert result.accepted == len(events)
+    assert store.offsets() == {("t", "0"): len(events)}
+    assert store.write_error is None

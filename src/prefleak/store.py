@@ -400,6 +400,26 @@ class StoreError(RuntimeError):
     """The database cannot be used (corrupt, locked, not a prefleak store)."""
 
 
+SQLITE_FULL = 13
+"""SQLite's result code for a full disk (or a database at its ``max_page_count``)."""
+
+
+class StoreWriteError(StoreError):
+    """A write failed and was rolled back: nothing of the batch is stored, so it can be re-sent.
+
+    Raised for faults of the disk rather than of the data (a full disk, an I/O error), which a
+    source should retry after a pause instead of dead-lettering: the events are fine.
+    """
+
+    def __init__(self, path: Path, cause: sqlite3.Error) -> None:
+        self.disk_full = getattr(cause, "sqlite_errorcode", None) == SQLITE_FULL
+        reason = "the disk holding it is full" if self.disk_full else str(cause)
+        super().__init__(
+            f"cannot write to event store {path}: {reason}; the batch was rolled back and nothing "
+            "of it is stored (it is safe to re-send)"
+        )
+
+
 class EventStore:
     """SQLite event log with its projections; one writer, any number of readers."""
 
@@ -418,6 +438,10 @@ class EventStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open event store {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        self.write_failures = 0
+        """Appends that failed and were rolled back since this store was opened."""
+        self.write_error: str | None = None
+        """Why the last append failed, until one succeeds again (readiness shows it)."""
         if version != PROJECTION_VERSION:
             self._upgrade_projections(version)
 
@@ -447,6 +471,22 @@ class EventStore:
         """Store a batch atomically; events already stored (same id and content) are skipped."""
         result = AppendResult()
         now = time.time()
+        try:
+            fresh, rejections = self._append(batch, result, now)
+        except sqlite3.OperationalError as exc:  # full disk, I/O error; data errors raise others
+            error = StoreWriteError(self.path, exc)
+            self.write_failures += 1
+            self.write_error = str(error)
+            raise error from exc
+        self.write_error = None
+        result.accepted = len(fresh)
+        result.rejected = len(rejections)
+        result.errors = rejections
+        return result
+
+    def _append(
+        self, batch: Batch, result: AppendResult, now: float
+    ) -> tuple[list[StoredEvent], list[Rejection]]:
         with self._transaction():
             fresh, conflicts = self._insert_new(batch, result)
             self._db.executemany(_UPSERT_COUNTS, _project(fresh))
@@ -465,10 +505,7 @@ class EventStore:
                 " DO UPDATE SET position = excluded.position",
                 [(source, part, pos) for (source, part), pos in batch.offsets.items()],
             )
-        result.accepted = len(fresh)
-        result.rejected = len(rejections)
-        result.errors = rejections
-        return result
+        return fresh, rejections
 
     def _insert_new(
         self, batch: Batch, result: AppendResult
@@ -811,9 +848,22 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                self._commit()
+            elif self._db.in_transaction:  # SQLite rolls back by itself after some errors
+                self._db.execute("ROLLBACK")
         finally:
             self._lock.release()
+
+    def _commit(self) -> None:
+        """COMMIT, or roll back when it fails: a failed COMMIT (a full disk) can leave the
+        transaction open, and every later BEGIN would then fail until a restart."""
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
 
 _PROVENANCE_SQL = "('model', 'dataset', 'training')"

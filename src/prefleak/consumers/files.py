@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from prefleak.ingest import DEFAULT_BATCH_SIZE, MAX_MESSAGE_BYTES, read_message
-from prefleak.store import AppendResult, Batch, EventStore
+from prefleak.store import AppendResult, Batch, EventStore, StoreWriteError
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,11 @@ class FileWatcher:
         self._progress = self._load_progress()
         self._seen: dict[Path, _Seen] = {}
         self._up = False
+        self._store_failing = False
 
     @property
     def up(self) -> bool:
-        """The last scan could list the directory."""
+        """The last scan could list the directory and store what it read."""
         return self._up
 
     def _load_progress(self) -> dict[Path, _Progress]:
@@ -122,7 +123,7 @@ class FileWatcher:
                 log.warning("cannot list watch directory %s: %s", self.directory, exc)
             self._up = False
             return
-        self._up = True
+        self._up = not self._store_failing
         for name in names:
             if stop is not None and stop.is_set():
                 return
@@ -131,10 +132,18 @@ class FileWatcher:
             path = (self.directory / name).resolve()
             try:
                 self._visit(path, stop)
+            except StoreWriteError as exc:  # the file is fine: it keeps its offset, retry later
+                if not self._store_failing:
+                    log.error("watch: %s; retrying every %g s", exc, self.poll_interval_s)
+                self._store_failing, self._up = True, False
+                return
             except OSError as exc:
                 log.warning("cannot read %s: %s (will retry)", path, exc)
             except Exception:
                 log.exception("failed to ingest %s (will retry)", path)
+        if self._store_failing:
+            log.info("watch: the event store takes writes again")
+        self._store_failing, self._up = False, True
 
     def _visit(self, path: Path, stop: threading.Event | None) -> None:
         stat = path.stat()

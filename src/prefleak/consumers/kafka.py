@@ -33,7 +33,7 @@ from kafka.structs import OffsetAndMetadata
 
 from prefleak.ingest import MAX_MESSAGE_BYTES, read_message
 from prefleak.models.events import PROVENANCE_TYPES
-from prefleak.store import AppendResult, Batch, EventStore, Rejection
+from prefleak.store import AppendResult, Batch, EventStore, Rejection, StoreWriteError
 
 log = logging.getLogger("prefleak.kafka")
 
@@ -203,6 +203,8 @@ class KafkaSource:
                 log.warning("kafka: no broker connection for %.0f s; reconnecting", _DOWN_GRACE_S)
             except (KafkaError, OSError) as exc:  # broker down or unreachable: no traceback
                 log.warning("kafka: %s: %s", type(exc).__name__, exc)
+            except StoreWriteError as exc:  # the messages stay in Kafka: resume from the offsets
+                log.error("kafka: %s; resuming from the stored offsets", exc)
             except Exception:
                 log.exception("kafka: source failed; resuming from the stored offsets")
             finally:

@@ -113,8 +113,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
-    if settings.log_level != "DEBUG":  # kafka-python logs every reconnect attempt at INFO
-        logging.getLogger("kafka").setLevel(logging.WARNING)
+    if settings.log_level != "DEBUG":
+        # kafka-python logs every failed reconnect at ERROR, with tracebacks, many times a second
+        # while a broker is down; prefleak's own "kafka:" lines say what happened once each.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     from prefleak.daemon.service import Service  # the service's imports only when serving
     from prefleak.store import StoreError
 

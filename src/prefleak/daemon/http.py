@@ -22,6 +22,7 @@ from prefleak import __version__
 from prefleak.check import CheckRequestError
 from prefleak.consumers.http import BodyResult
 from prefleak.explain import SubjectError
+from prefleak.store import StoreWriteError
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         if body is None:
             return
-        outcome = self.api.ingest(body, self.headers.get("Content-Type", ""))
+        try:
+            outcome = self.api.ingest(body, self.headers.get("Content-Type", ""))
+        except StoreWriteError as exc:  # the events are fine; the client re-sends them later
+            log.warning("POST /v1/events refused: %s", exc)
+            status = (
+                HTTPStatus.INSUFFICIENT_STORAGE if exc.disk_full else HTTPStatus.SERVICE_UNAVAILABLE
+            )
+            self._json(status, {"error": str(exc), "stored": 0}, **{"Retry-After": "30"})
+            return
         status = HTTPStatus.BAD_REQUEST if outcome.not_json else HTTPStatus.OK
         self._json(status, outcome.to_json())
 

@@ -150,6 +150,8 @@ class ServiceView(Protocol):
 
     def consumer_lag(self) -> dict[tuple[str, int], int]: ...
 
+    def store_write_failures(self) -> int: ...
+
 
 class Metrics:
     """The service's registry: instrumented counters plus :class:`_StoreCollector`."""
@@ -285,6 +287,12 @@ class _StoreCollector(Collector):
         for (topic, partition), behind in sorted(self._view.consumer_lag().items()):
             lag.add_metric([topic, str(partition)], float(behind))
         yield lag
+        yield CounterMetricFamily(
+            "prefleak_store_write_failures",
+            "Batches the event store could not write (full disk, I/O error) and rolled back; "
+            "their sources re-send them.",
+            value=self._view.store_write_failures(),
+        )
         last_ingest = self._last_ingest()
         if last_ingest is not None:
             yield _gauge(

@@ -80,7 +80,7 @@ class Service:
         self.registry = self.metrics.registry
         self.recomputer = Recomputer(self._reader, settings, self.metrics)
         if settings.watch.directory is not None:
-            self._sources["files"] = FileWatcher(
+            self._sources["file"] = FileWatcher(
                 self.store,
                 settings.watch.directory,
                 poll_interval_s=settings.watch.poll_interval_s,
@@ -122,6 +122,9 @@ class Service:
     def snapshot(self) -> Snapshot | None:
         return self.recomputer.latest
 
+    def store_write_failures(self) -> int:
+        return self.store.write_failures
+
     def sources_up(self) -> dict[str, bool]:
         up = {"http": not self.stop.is_set()}
         up.update({name: source.up for name, source in self._sources.items()})
@@ -151,6 +154,8 @@ class Service:
         """Why the service is not ready; empty when it is."""
         reasons = ["shutting down"] if self.stop.is_set() else []
         reasons += [f"source {name} is down" for name, up in self.sources_up().items() if not up]
+        if self.store.write_error is not None:
+            reasons.append(self.store.write_error)
         if self.snapshot() is None:
             reasons.append("the first recompute is not done yet")
         return reasons
