@@ -21,9 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy" / "prometheus"
 RULES = PROM / "prefleak-rules.yml"
 ALERTS = PROM / "prefleak-alerts.yml"
-PLANNED = PROM / "planned-alerts.yml"
 RULE_TESTS = {ALERTS: PROM / "tests" / "prefleak-alerts.test.yml"}
-PLANNED_TESTS = PROM / "tests" / "planned-alerts.test.yml"
 DOCS = ROOT / "docs" / "alerts.md"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 RUNBOOKS = ROOT / "docs" / "runbooks"
@@ -35,6 +33,8 @@ EXPORTED_METRICS = frozenset(
     {
         # docs/metrics.md, exported by prefleak serve.
         "prefleak_events_ingested_total",
+        "prefleak_store_write_failures_total",
+        "prefleak_inferred_relations",
         "prefleak_dead_letters",
         "prefleak_consumer_lag_messages",
         "prefleak_source_up",
@@ -85,16 +85,16 @@ EXPORTED_METRICS = frozenset(
         "prefleak_judge_self_preference_ratio",
         "prefleak_judge_human_agreement_kappa",
         "prefleak_judge_error_bias_ratio",
+        # docs/metrics.md, Probes: only where probe.enabled.
+        "prefleak_probe_runs_total",
+        "prefleak_probe_last_success_timestamp_seconds",
+        "prefleak_probe_run_duration_seconds_bucket",
+        "prefleak_probe_run_duration_seconds_sum",
+        "prefleak_probe_run_duration_seconds_count",
+        "prefleak_probe_unparseable_judgements_total",
         # The client's process collector (docs/metrics.md) and Prometheus' own scrape health.
         "process_start_time_seconds",
         "up",
-    }
-)
-PLANNED_METRICS = frozenset(
-    {
-        # The probe issue (planned-alerts.yml); move a name to EXPORTED_METRICS when it ships.
-        "prefleak_probe_last_success_timestamp_seconds",
-        "prefleak_probe_runs_total",
     }
 )
 PROMQL_WORDS = frozenset(
@@ -156,7 +156,7 @@ def test_promtool_check_rules() -> None:
     """Every rule file parses and passes promtool's lint."""
     promtool = require_binary("promtool", PROMTOOL_HINT)
     result = subprocess.run(
-        [promtool, "check", "rules", str(RULES), str(ALERTS), str(PLANNED)],
+        [promtool, "check", "rules", str(RULES), str(ALERTS)],
         capture_output=True,
         text=True,
         check=False,
@@ -164,7 +164,7 @@ def test_promtool_check_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("test_file", [*RULE_TESTS.values(), PLANNED_TESTS], ids=lambda p: p.name)
+@pytest.mark.parametrize("test_file", RULE_TESTS.values(), ids=lambda p: p.name)
 def test_promtool_rule_unit_tests(test_file: Path) -> None:
     """The alerts fire on the series they should, with the expected labels and annotations."""
     promtool = require_binary("promtool", PROMTOOL_HINT)
@@ -178,7 +178,7 @@ def test_promtool_rule_unit_tests(test_file: Path) -> None:
 
 
 def test_example_prometheus_config() -> None:
-    """The example config is valid and loads the rules, but not the planned alerts."""
+    """The example config is valid and loads the rules."""
     promtool = require_binary("promtool", PROMTOOL_HINT)
     config = yaml.safe_load((PROM / "prometheus.yml").read_text(encoding="utf-8"))
     assert config["rule_files"] == [RULES.name, ALERTS.name]
@@ -192,10 +192,9 @@ def test_example_prometheus_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", [ALERTS, PLANNED], ids=lambda p: p.name)
-def test_alerts_are_complete(path: Path) -> None:
+def test_alerts_are_complete() -> None:
     """Name, severity, for, and the four annotations on-call relies on."""
-    alerts = [rule for rule in load_rules(path) if "alert" in rule]
+    alerts = [rule for rule in load_rules(ALERTS) if "alert" in rule]
     assert alerts
     for rule in alerts:
         name = rule["alert"]
@@ -220,7 +219,7 @@ def alert_rules(path: Path) -> list[dict[str, Any]]:
 def test_every_alert_has_a_runbook() -> None:
     """docs/runbooks/<AlertName>.md: meaning, how to confirm and act; linked from docs/alerts.md."""
     docs = DOCS.read_text(encoding="utf-8")
-    alerts = alert_rules(ALERTS) + alert_rules(PLANNED)
+    alerts = alert_rules(ALERTS)
     names = {rule["alert"] for rule in alerts}
     assert {path.stem for path in RUNBOOKS.glob("*.md")} == names, "a runbook without an alert"
     for name in names:
@@ -234,33 +233,15 @@ def test_every_alert_has_a_runbook() -> None:
             assert part in runbook, (rule["alert"], part)
 
 
-def test_planned_alerts_are_marked() -> None:
-    """A planned alert's runbook says so and names the metric it waits for."""
-    for rule in alert_rules(PLANNED):
-        runbook = (RUNBOOKS / f"{rule['alert']}.md").read_text(encoding="utf-8")
-        assert "Planned:" in runbook and "Waits for" in runbook, rule["alert"]
-        for metric in metric_names(rule["expr"]):
-            assert f"`{metric}`" in runbook, (rule["alert"], metric)
-    for rule in alert_rules(ALERTS):
-        runbook = (RUNBOOKS / f"{rule['alert']}.md").read_text(encoding="utf-8")
-        assert "Planned:" not in runbook, rule["alert"]
-
-
 def test_rules_use_known_metrics() -> None:
-    """Rules read exported metrics or recorded series; planned ones only planned metrics."""
-    assert EXPORTED_METRICS.isdisjoint(PLANNED_METRICS), "a shipped metric is still planned"
+    """Rules read exported metrics or recorded series."""
     recorded = recorded_names()
     for rule in load_rules(RULES) + load_rules(ALERTS):
         unknown = metric_names(rule["expr"]) - EXPORTED_METRICS - recorded
         assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown {unknown}"
-    for rule in load_rules(PLANNED):
-        names = metric_names(rule["expr"])
-        assert names and names <= PLANNED_METRICS, f"{rule['alert']}: {names - PLANNED_METRICS}"
 
 
-@pytest.mark.parametrize(
-    ("rules", "test_file"), [(ALERTS, RULE_TESTS[ALERTS]), (PLANNED, PLANNED_TESTS)]
-)
+@pytest.mark.parametrize(("rules", "test_file"), RULE_TESTS.items())
 def test_every_alert_has_firing_and_quiet_cases(rules: Path, test_file: Path) -> None:
     """For each alert, a promtool case where it fires and one where it must stay quiet."""
     cases = yaml.safe_load(test_file.read_text(encoding="utf-8"))["tests"]

@@ -59,6 +59,12 @@ NO_DATA_PANELS = {
     ("Change alarms", "B"),
     # Needs judges that are also candidates (Scenario.judges_as_candidates, off here).
     ("Self-preference and error bias per judge", "A"),
+    # Only with probe.enabled (tests/test_probe_runs.py runs probes; a run takes too long here).
+    ("Probe runs by outcome", "A"),
+    ("Probe run duration (p50, p90)", "A"),
+    ("Probe run duration (p50, p90)", "B"),
+    ("Since the last successful probe", "A"),
+    ("Unparseable judgements", "A"),
 }
 PROCESS_ENV = {
     "PREFLEAK_RECOMPUTE__INTERVAL_S": "1",

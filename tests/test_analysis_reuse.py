@@ -90,3 +90,75 @@ def test_the_service_reuses_windows_and_agrees_with_a_fresh_recompute(tmp_path: 
     assert kept, "no window was reused"
     assert len(kept) < len(second.analysis.windows), "a touched window was reused"
     assert _tables(second.analysis) == _tables(fresh)
+
+
+def _canonical(cells: Cells) -> dict[str, object]:
+    """Every column in one row order, with the vocabularies: equal for equal cells."""
+    order = np.lexsort(
+        (cells.prompt, cells.hi, cells.lo, cells.judge, cells.benchmark, cells.window)
+    )
+    columns: dict[str, object] = {
+        name: getattr(cells, name)[order].tolist()
+        for name in ("window", "benchmark", "judge", "lo", "hi", "prompt", "category", "track",
+                     "outcomes", "verdicts", "lo_first", "hi_first", "length", "has_length")
+    }  # fmt: skip
+    for name in ("models", "benchmarks", "categories", "tracks", "prompts"):
+        columns[name] = getattr(cells, name)
+    columns["prompt_keys"] = cells.prompt_keys.tolist()
+    return columns
+
+
+def test_concatenated_cells_equal_one_read_of_all_rows(tmp_path: Path) -> None:
+    scenario = Scenario(seed=6, prompts_per_benchmark=40, days=3)
+    with EventStore(tmp_path / "s.db") as store:
+        Ingestor(store).ingest_lines(
+            [json.dumps(e).encode() for e in simulate(scenario)], source="sim"
+        )
+        rows = list(store.verdict_rows())
+    rng = np.random.default_rng(0)
+    part = rng.integers(0, 3, size=len(rows))
+    part[: len(rows) // 2] = 0  # one large part; the others miss some names of it
+    parts = [
+        Cells.from_rows(r for r, p in zip(rows, part, strict=True) if p == k) for k in range(3)
+    ]
+    assert _canonical(Cells.concat(parts)) == _canonical(Cells.from_rows(rows))
+    whole = Cells.from_rows(rows)
+    kept = whole.select(whole.window < whole.window.max())  # names only the last hour has go
+    assert _canonical(Cells.concat([kept])) == _canonical(Cells.from_rows(
+        r for r in rows if r[0] < whole.window.max()
+    ))  # fmt: skip
+
+
+def test_the_service_keeps_its_cells_and_reads_only_the_hours_that_changed(
+    tmp_path: Path,
+) -> None:
+    """Late verdicts, new days and days leaving the kept windows: the cells the service keeps
+    between recomputes are always what a full read of the kept windows gives."""
+    scenario = Scenario(seed=7, prompts_per_benchmark=60, benchmarks=("alpacaeval",), days=6)
+    events = list(simulate(scenario))
+    verdicts = [e for e in events if e["type"] == "verdict"]
+    others = [e for e in events if e["type"] != "verdict"]
+    rng = np.random.default_rng(1)
+    late = set(rng.choice(len(verdicts), size=len(verdicts) // 10, replace=False).tolist())
+    on_time = [v for i, v in enumerate(verdicts) if i not in late]
+    batches = [others + on_time[: len(on_time) // 3], on_time[len(on_time) // 3 :],
+               [verdicts[i] for i in sorted(late)]]  # fmt: skip
+    settings = load_settings(
+        overrides={"db": str(tmp_path / "s.db"), "diversity": {"enabled": False},
+                   "fingerprint": {"enabled": False}, "pls": {"bootstrap": 50},
+                   "statistics": {"model_bootstrap": 20, "horizon": 2 * 86_400,
+                                  "max_windows": 3}}
+    )  # fmt: skip
+    with EventStore(settings.db) as store:
+        recomputer = Recomputer(store, settings, Metrics(_NoService(), settings.metrics, []))
+        options = statistics_options(settings)
+        for batch in batches:
+            Ingestor(store).ingest_lines([json.dumps(e).encode() for e in batch], source="sim")
+            recomputer.once()
+            newest = store.newest_verdict_window()
+            assert newest is not None
+            read = Cells.from_rows(store.verdict_rows(since=options.kept_since(newest)))
+            kept = recomputer._kept_cells
+            assert kept is not None
+            assert _canonical(kept) == _canonical(read)
+        assert len(read) < len(list(store.verdict_rows()))  # some days were left out

@@ -129,8 +129,10 @@ def test_json_document(lineage: Lineage) -> None:
     assert (doc["judges"], doc["candidates"]) == (["gpt-3.5"], ["stu-a", "nobody"])
     [relation] = doc["relations"]
     assert relation["kind"] == "same_family" and relation["blocking"] is False
-    assert set(relation) == {"judge", "candidate", "kind", "share", "source", "path", "severity",
-                             "expected_pls", "expected_pls_basis", "blocking"}  # fmt: skip
+    assert set(relation) == {"judge", "candidate", "kind", "share", "source", "confidence", "path",
+                             "severity", "expected_pls", "expected_pls_basis",
+                             "blocking"}  # fmt: skip
+    assert (relation["source"], relation["confidence"]) == ("declared", None)
     assert doc["unknown"] == {"judges": [], "candidates": ["nobody"], "note": UNKNOWN_NOTE}
     json.dumps(doc)
 

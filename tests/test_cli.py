@@ -124,7 +124,7 @@ def test_bad_lines_are_dead_lettered_and_ingest_goes_on(
     assert errors == {
         "line 2": "Invalid JSON: key must be a string at line 1 column 2",
         "line 3": "Input tag 'vote' found using 'type' does not match any of the expected tags:"
-        " 'model', 'dataset', 'training', 'verdict', 'sample'",
+        " 'model', 'dataset', 'training', 'verdict', 'sample', 'relation'",
         "line 4": "prompt_id: Field required; judge: Field required; model_a: Field required;"
         " model_b: Field required; winner: Field required",
         "line 5": "winner: Input should be 'a', 'b' or 'tie'",

@@ -8,14 +8,17 @@ from datetime import UTC, datetime
 import pytest
 
 from prefleak.models.events import (
+    PROVENANCE_TYPES,
     EventError,
     ModelEvent,
+    RelationEvent,
     TrainingEvent,
     VerdictEvent,
     content_id,
     is_human,
     parse_event,
     same_content,
+    timeless_id,
     validate,
 )
 
@@ -77,6 +80,28 @@ def test_provenance_events() -> None:
     assert dataset.type == "dataset" and dataset.generator is None
 
 
+RELATION = (
+    b'{"type": "relation", "judge": "gpt-4o", "candidate": "student-x", "kind": "inheritance",'
+    b' "source": "fingerprint", "confidence": 0.74, "share": 0.76, "evidence": {"method":'
+    b' "tfidf-char-logreg", "texts": 100, "probability": 0.76, "ci_low": 0.74, "ci_high": 0.78,'
+    b' "chance": 0.5, "accuracy": 0.87, "generators": 2}}'
+)
+"""The example of docs/events.md."""
+
+
+def test_relation_event_is_provenance_with_an_id_that_ignores_the_time() -> None:
+    event = parse_event(RELATION)
+    assert isinstance(event, RelationEvent) and "relation" in PROVENANCE_TYPES
+    assert event.evidence is not None and event.evidence.ci_low == 0.74
+    later = event.model_copy(update={"ts": datetime(2030, 1, 1, tzinfo=UTC)})
+    assert timeless_id(later) == timeless_id(event) != content_id(event)
+    bare = parse_event(
+        b'{"type":"relation","judge":"j","candidate":"c","kind":"unrelated",'
+        b'"source":"operator","confidence":1}'
+    )
+    assert isinstance(bare, RelationEvent) and (bare.share, bare.evidence) == (1.0, None)
+
+
 @pytest.mark.parametrize(
     ("raw", "error"),
     [
@@ -106,6 +131,13 @@ def test_provenance_events() -> None:
         (b'{"type":"training","model":"s","base":"m","method":"sft","datasets":[]}',
          "datasets: List should have at least 1 item"),
         (b'{"type":"model","model":"m","parent":"m"}', "model 'm' cannot be its own parent"),
+        (b'{"type":"relation","judge":"m","candidate":"m","kind":"inheritance",'
+         b'"source":"fingerprint","confidence":0.9}', "judge and candidate are both 'm'"),
+        (RELATION.replace(b'"inheritance"', b'"cousin"'), "kind: Input should be"),
+        (RELATION.replace(b'0.74, "share"', b'1.5, "share"'),
+         "confidence: Input should be less than or equal to 1"),
+        (RELATION.replace(b'"generators": 2', b'"generators": 2, "x": 1'),
+         "evidence.x: Extra inputs are not permitted"),
         (b'{"type":"verdict","benchmark":"b\xff"}', "invalid UTF-8 at byte 32"),
         (b"\xff\xfe{}", "invalid UTF-8 at byte 0"),
     ],

@@ -11,6 +11,7 @@ from prefleak.models.events import (
     DatasetEvent,
     DatasetShare,
     ModelEvent,
+    RelationEvent,
     TrainingEvent,
     VerdictEvent,
 )
@@ -547,3 +548,56 @@ def test_models_lists_every_mentioned_id_and_verdicts_are_ignored() -> None:
     )
     assert lin.relation("gpt-4o", "student-2") is cached
     assert lin.models() == {"student", "llama-3-8b", "gpt-4o", "student-2", "mistral-7b"}
+
+
+# -- inferred relations ---------------------------------------------------------------------------
+
+
+def inferred(
+    judge: str,
+    candidate: str,
+    kind: str = "inheritance",
+    *,
+    confidence: float = 0.9,
+    ts: str = "2026-11-20T08:00:00Z",
+    source: str = "fingerprint",
+) -> RelationEvent:
+    return RelationEvent.model_validate({
+        "type": "relation", "judge": judge, "candidate": candidate, "kind": kind,
+        "source": source, "confidence": confidence, "share": 0.8, "ts": ts,
+    })  # fmt: skip
+
+
+def test_an_inferred_relation_is_used_where_nothing_is_declared() -> None:
+    lineage = Lineage.from_events([inferred("judge", "stu")])
+    relation = lineage.relation("judge", "stu")
+    assert (relation.kind, relation.share, relation.source, relation.confidence) == (
+        INHERITANCE, 0.8, "inferred", 0.9
+    )  # fmt: skip
+    assert relation.path == ("stu related to judge (inferred by fingerprint, confidence 0.90)",)
+    assert lineage.declared("judge", "stu").kind is UNRELATED
+    assert {"judge", "stu"} <= lineage.models()
+    assert lineage.inferred_pairs() == {("judge", "stu"): relation}
+
+
+def test_a_declared_relation_always_wins_over_an_inferred_one() -> None:
+    events = [dataset("ds", "judge"), train("stu", "base", ds=0.3), inferred("judge", "stu")]
+    for order in itertools.permutations(events):
+        lineage = Lineage.from_events(order)
+        relation = lineage.relation("judge", "stu")
+        assert (relation.kind, relation.share, relation.source) == (SAME_MODEL, 0.3, "declared")
+        assert relation.confidence is None
+        assert lineage.inferred_pairs() == {}
+
+
+def test_the_newest_inferred_event_wins_in_any_order_and_unrelated_withdraws() -> None:
+    old = inferred("judge", "stu", confidence=0.7, ts="2026-11-20T08:00:00Z")
+    new = inferred("judge", "stu", "same_series", confidence=0.8, ts="2026-11-21T08:00:00Z")
+    for order in ([old, new], [new, old]):
+        relation = Lineage.from_events(order).relation("judge", "stu")
+        assert (relation.kind, relation.confidence) == (SAME_SERIES, 0.8)
+    withdrawn = inferred("judge", "stu", "unrelated", source="operator", ts="2026-11-22T08:00:00Z")
+    for order in itertools.permutations([old, new, withdrawn]):
+        lineage = Lineage.from_events(order)
+        assert lineage.relation("judge", "stu").kind is UNRELATED
+        assert lineage.inferred_event("judge", "stu") == withdrawn

@@ -7,7 +7,6 @@ JSON differs from what this script prints, so never edit the JSON by hand; run::
 
     python deploy/grafana/build_dashboard.py --out deploy/grafana/dashboards/prefleak.json
 
-Left out on purpose (no metric yet; a later issue adds them): the probes row (prefleak_probe_*).
 See docs/alerts.md, "Dashboard".
 """
 
@@ -509,6 +508,59 @@ def judge_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | tab
     ]
 
 
+def probe_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | table.Panel]:
+    """Leakage probe runs (docs/probes.md): are they succeeding, how long, how many judgements
+    fail to parse. Empty where probes are off."""
+    last_success = (
+        stat.Panel()
+        .title("Since the last successful probe")
+        .description(
+            "time() - prefleak_probe_last_success_timestamp_seconds; PrefleakProbeStale fires "
+            "after 2 days."
+        )
+        .unit("s")
+        .datasource(DATASOURCE)
+        .span(6)
+        .height(8)
+        .with_target(
+            query("time() - prefleak_probe_last_success_timestamp_seconds", "{{instance}}")
+        )
+    )
+    return [
+        last_success,
+        graph(
+            "Probe runs by outcome",
+            "short",
+            "Finished probe runs per outcome over 1 d (prefleak_probe_runs_total): success, "
+            "error, hung, killed, interrupted, no_data, probe_extra.",
+            query("sum by (outcome) (increase(prefleak_probe_runs_total[1d]))", "{{outcome}}"),
+        ).span(6),
+        graph(
+            "Probe run duration (p50, p90)",
+            "s",
+            "Quantiles of prefleak_probe_run_duration_seconds over 1 d; failed runs included.",
+            query(
+                "histogram_quantile(0.5, sum by (le) "
+                "(increase(prefleak_probe_run_duration_seconds_bucket[1d])))",
+                "p50",
+            ),
+            query(
+                "histogram_quantile(0.9, sum by (le) "
+                "(increase(prefleak_probe_run_duration_seconds_bucket[1d])))",
+                "p90",
+                "B",
+            ),
+        ).span(6),
+        graph(
+            "Unparseable judgements",
+            "short",
+            "Probe judgements no retry could parse, over 1 d "
+            "(prefleak_probe_unparseable_judgements_total); never turned into verdicts.",
+            query("sum(increase(prefleak_probe_unparseable_judgements_total[1d]))", "unparseable"),
+        ).span(6),
+    ]
+
+
 def diversity_panels() -> list[dashboard.Panel | timeseries.Panel | stat.Panel | table.Panel]:
     """Diversity of the sampled datasets, their drift, and how well eval sets cover production."""
     return [
@@ -616,6 +668,7 @@ def build() -> dict[str, object]:
         ("Judges", judge_panels()),
         ("Judge biases", judge_bias_panels()),
         ("Diversity and coverage", diversity_panels()),
+        ("Probes", probe_panels()),
     ]
     for title, panels in rows:
         board = board.with_row(dashboard.Row(title))

@@ -2,8 +2,8 @@
 
 The PrometheusRule (Prometheus Operator, monitoring.coreos.com/v1) carries exactly the groups of
 deploy/prometheus/prefleak-rules.yml and deploy/prometheus/prefleak-alerts.yml, the two files
-that promtool unit-tests (deploy/prometheus/tests) and deploy/prometheus/prometheus.yml loads;
-planned-alerts.yml stays out. tests/test_deploy.py fails when the committed file differs from
+that promtool unit-tests (deploy/prometheus/tests) and deploy/prometheus/prometheus.yml loads.
+tests/test_deploy.py fails when the committed file differs from
 what this script writes, so never edit it by hand; after changing a rule file run::
 
     python deploy/kubernetes/build_prometheusrule.py

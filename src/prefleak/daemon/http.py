@@ -1,7 +1,10 @@
-"""The service's one HTTP port: event intake, Prometheus metrics, health and the JSON API.
+"""The service's one HTTP port: event intake, Prometheus metrics, health, the JSON API and the
+read-only web view.
 
-The stdlib server is enough: requests are few (scrapes, probes, batches of events), each one is
-handled on its own thread, and every write goes through the store's lock anyway.
+The stdlib server is enough: requests are few (scrapes, probes, batches of events, on-call
+looking at a page), each one is handled on its own thread, and every write goes through the
+store's lock anyway. :data:`ROUTES` is every method and path served; ``GET /openapi.json``
+documents each of them (docs/api.md).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
@@ -21,8 +25,11 @@ from prometheus_client.exposition import choose_encoder
 from prefleak import __version__
 from prefleak.check import CheckRequestError
 from prefleak.consumers.http import BodyResult
+from prefleak.daemon.openapi import document as openapi_document
 from prefleak.explain import SubjectError
 from prefleak.store import StoreWriteError
+from prefleak.web import pages
+from prefleak.web.assets import ASSETS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,14 @@ class Api(Protocol):
 
     def pls(self) -> dict[str, Any] | None: ...
 
+    def report(self) -> dict[str, Any] | None: ...
+
+    def leaderboard(self) -> dict[str, Any] | None: ...
+
+    def biases(self) -> dict[str, Any] | None: ...
+
+    def diversity(self) -> dict[str, Any] | None: ...
+
     def check(self, body: bytes) -> dict[str, Any]:
         """The ``prefleak.check/1`` answer; raises CheckRequestError for a bad body."""
         ...
@@ -54,6 +69,24 @@ class Api(Protocol):
         ...
 
 
+NOT_YET = "the first recompute is not done yet"
+NO_DIVERSITY = (
+    "no diversity report yet: it follows the first recompute every diversity.interval_s, "
+    "and never with diversity.enabled off"
+)
+STORE_RETRY_AFTER_S = 30
+"""Retry-After of a POST the store could not write: 507 for a full disk (someone must free space),
+503 for another write fault such as an I/O error."""
+ASSET_MAX_AGE_S = 86_400
+"""Browsers reuse plotly.js and the page script this long (revalidating by ETag after)."""
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+"""Scripts only from this port (no inline script, no event handler attribute, no remote origin);
+plotly.js sets inline styles, so those are allowed."""
+
 AUTH_REALM = "prefleak"
 REFUSED_BODY_DRAIN_BYTES = 1024 * 1024
 """A refused POST body up to this size is read and dropped, so its client sees the 401."""
@@ -63,12 +96,18 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("latin-1", "replace")).digest()  # headers are latin-1
 
 
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/openapi.json"})
+"""Paths ``protect_reads`` leaves open: probes, scrapes and the API document (no events)."""
+
+
 class BearerAuth:
-    """``Authorization: Bearer <token>`` on every POST, and on GET /v1/* with ``protect_reads``.
+    """``Authorization: Bearer <token>`` on every POST (and any other method but GET and HEAD),
+    and with ``protect_reads`` on every GET
+    but :data:`OPEN_PATHS` and the static files (the JSON API and the web pages).
 
     Only a digest of the token is kept, and a request's token is compared by its digest with
     :func:`hmac.compare_digest`: the time a refusal takes tells neither the token nor its length.
-    /metrics, /healthz and /readyz stay open (docs/reliability.md).
+    :data:`OPEN_PATHS` and the static files stay open (docs/reliability.md).
     """
 
     __slots__ = ("_digest", "protect_reads")
@@ -79,7 +118,9 @@ class BearerAuth:
 
     def guards(self, method: str, path: str) -> bool:
         """Whether a request needs the token."""
-        return method == "POST" or (self.protect_reads and path.startswith("/v1/"))
+        if method not in ("GET", "HEAD"):
+            return True  # a write, or a method nothing answers: nothing is learnt without it
+        return self.protect_reads and path not in OPEN_PATHS and path not in ASSETS
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header value carries the token."""
@@ -113,60 +154,99 @@ class _Handler(BaseHTTPRequestHandler):
     def api(self) -> Api:
         return cast(Server, self.server).api
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+    @property
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    def _dispatch(self) -> None:
+        """Any method: its route, else 405 naming the method the path has, else 404."""
+        method, path = self.command, self._path
         if not self._authorized(path):
             return
-        if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._send(HTTPStatus.OK, encoder(self.api.registry), content_type)
-        elif path == "/healthz":
-            self._json(HTTPStatus.OK, {"alive": True})
-        elif path == "/readyz":
-            reasons = self.api.readiness()
-            status = HTTPStatus.SERVICE_UNAVAILABLE if reasons else HTTPStatus.OK
-            self._json(status, {"ready": not reasons, "reasons": reasons})
-        elif path == "/v1/status":
-            self._json(HTTPStatus.OK, self.api.status())
-        elif path == "/v1/pls":
-            table = self.api.pls()
-            if table is None:
-                self._json(
-                    HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the first recompute is not done yet"}
-                )
-            else:
-                self._json(HTTPStatus.OK, table)
-        elif path == "/v1/explain":
-            self._explain()
-        elif path in ("/v1/events", "/v1/check"):
-            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"}, allow="POST")
+        route = ROUTES.get((method, path))
+        if route is not None:
+            route(self)
+            return
+        allowed = [other for other in ("GET", "POST") if (other, path) in ROUTES]
+        if allowed:
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"use {allowed[0]}"},
+                       allow=allowed[0])  # fmt: skip
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
 
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if not self._authorized(path):
+    do_GET = do_POST = do_HEAD = _dispatch
+    do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_TRACE = do_CONNECT = do_QUERY = _dispatch
+    """Methods no route has are answered 405 or 404 like any other miss, not with a 501 page."""
+
+    def _query(self) -> dict[str, str]:
+        """The query parameters, the last value of each."""
+        return {key: values[-1] for key, values in parse_qs(urlsplit(self.path).query).items()}
+
+    # -- GET: probes, metrics, the JSON API ------------------------------------------------------
+
+    def _metrics(self) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        self._send(HTTPStatus.OK, encoder(self.api.registry), content_type)
+
+    def _healthz(self) -> None:
+        self._json(HTTPStatus.OK, {"alive": True})
+
+    def _readyz(self) -> None:
+        reasons = self.api.readiness()
+        status = HTTPStatus.SERVICE_UNAVAILABLE if reasons else HTTPStatus.OK
+        self._json(status, {"ready": not reasons, "reasons": reasons})
+
+    def _status(self) -> None:
+        self._json(HTTPStatus.OK, self.api.status())
+
+    def _openapi(self) -> None:
+        self._json(HTTPStatus.OK, openapi_document())
+
+    def _snapshot_json(self, answer: dict[str, Any] | None, missing: str = NOT_YET) -> None:
+        """A document of the last recompute, or 503 with why there is none."""
+        if answer is None:
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": missing})
+        else:
+            self._json(HTTPStatus.OK, answer)
+
+    def _pls(self) -> None:
+        self._snapshot_json(self.api.pls())
+
+    def _report(self) -> None:
+        self._snapshot_json(self.api.report())
+
+    def _leaderboard(self) -> None:
+        self._snapshot_json(self.api.leaderboard())
+
+    def _biases(self) -> None:
+        self._snapshot_json(self.api.biases())
+
+    def _diversity(self) -> None:
+        self._snapshot_json(self.api.diversity(), NO_DIVERSITY)
+
+    def _explain(self) -> None:
+        try:
+            answer = self.api.explain(self._query())
+        except SubjectError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return
-        if path == "/v1/check":
-            self._check()
-            return
-        if path != "/v1/events":
-            if path in ("/metrics", "/healthz", "/readyz", "/v1/status", "/v1/pls", "/v1/explain"):
-                self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use GET"}, allow="GET")
-            else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path}"})
-            return
+        self._snapshot_json(answer)
+
+    # -- POST ------------------------------------------------------------------------------------
+
+    def _events(self) -> None:
         body = self._body()
         if body is None:
             return
         try:
             outcome = self.api.ingest(body, self.headers.get("Content-Type", ""))
-        except StoreWriteError as exc:  # the events are fine; the client re-sends them later
+        except StoreWriteError as exc:  # nothing of the body is stored: the client re-sends it
             log.warning("POST /v1/events refused: %s", exc)
             status = (
                 HTTPStatus.INSUFFICIENT_STORAGE if exc.disk_full else HTTPStatus.SERVICE_UNAVAILABLE
             )
-            self._json(status, {"error": str(exc), "stored": 0}, **{"Retry-After": "30"})
+            self._json(status, {"error": str(exc), "stored": 0},
+                       **{"Retry-After": str(STORE_RETRY_AFTER_S)})  # fmt: skip
             return
         status = HTTPStatus.BAD_REQUEST if outcome.not_json else HTTPStatus.OK
         self._json(status, outcome.to_json())
@@ -182,19 +262,33 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(HTTPStatus.OK, answer)
 
-    def _explain(self) -> None:
-        query = {key: values[-1] for key, values in parse_qs(urlsplit(self.path).query).items()}
+    # -- the web view ----------------------------------------------------------------------------
+
+    def _overview_page(self) -> None:
+        analysis = self.api.pls()  # report, biases and leaderboard of one recompute
+        if analysis is None:
+            self._html(HTTPStatus.SERVICE_UNAVAILABLE, pages.error_page(NOT_YET))
+        else:
+            self._html(HTTPStatus.OK, pages.overview_page(analysis, self.api.diversity()))
+
+    def _explain_page(self) -> None:
         try:
-            answer = self.api.explain(query)
+            answer = self.api.explain(self._query())
         except SubjectError as exc:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            self._html(HTTPStatus.BAD_REQUEST, pages.error_page(str(exc)))
             return
         if answer is None:
-            self._json(
-                HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the first recompute is not done yet"}
-            )
+            self._html(HTTPStatus.SERVICE_UNAVAILABLE, pages.error_page(NOT_YET))
         else:
-            self._json(HTTPStatus.OK, answer)
+            self._html(HTTPStatus.OK, pages.explain_page(answer))
+
+    def _asset(self) -> None:
+        asset = ASSETS[self._path]
+        cache = {"Cache-Control": f"public, max-age={ASSET_MAX_AGE_S}", "ETag": asset.etag}
+        if asset.etag in self.headers.get("If-None-Match", ""):
+            self._send(HTTPStatus.NOT_MODIFIED, b"", asset.content_type, **cache)
+        else:
+            self._send(HTTPStatus.OK, asset.body, asset.content_type, **cache)
 
     def _authorized(self, path: str) -> bool:
         """Whether the request may go on; when not, it has been answered 401."""
@@ -260,14 +354,44 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps(payload, indent=None, separators=(",", ":")).encode()
         self._send(status, body, "application/json", **headers)
 
+    def _html(self, status: HTTPStatus, page: str) -> None:
+        self._send(status, page.encode(), "text/html; charset=utf-8",
+                   **{"Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                      "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})  # fmt: skip
+
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, **headers: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in headers.items():
-            self.send_header(name if "-" in name else name.capitalize(), value)
+            self.send_header(name if name[:1].isupper() else name.capitalize(), value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+Route = Callable[[_Handler], None]
+
+ROUTES: dict[tuple[str, str], Route] = {
+    ("GET", "/metrics"): _Handler._metrics,
+    ("GET", "/healthz"): _Handler._healthz,
+    ("GET", "/readyz"): _Handler._readyz,
+    ("GET", "/openapi.json"): _Handler._openapi,
+    ("GET", "/v1/status"): _Handler._status,
+    ("GET", "/v1/pls"): _Handler._pls,
+    ("GET", "/v1/report"): _Handler._report,
+    ("GET", "/v1/leaderboard"): _Handler._leaderboard,
+    ("GET", "/v1/biases"): _Handler._biases,
+    ("GET", "/v1/diversity"): _Handler._diversity,
+    ("GET", "/v1/explain"): _Handler._explain,
+    ("POST", "/v1/events"): _Handler._events,
+    ("POST", "/v1/check"): _Handler._check,
+    ("GET", "/"): _Handler._overview_page,
+    ("GET", "/explain"): _Handler._explain_page,
+    **{("GET", path): _Handler._asset for path in ASSETS},
+}
+"""Every method and path the port serves; the OpenAPI document has exactly these."""

@@ -36,6 +36,7 @@ from prefleak.store import AppendResult
 
 if TYPE_CHECKING:  # the report's numpy-heavy modules load only when diversity is on
     from prefleak.diversity.report import DiversityReport
+    from prefleak.fingerprint import FingerprintReport
 
 OTHER = "other"
 """The label value that stands for every judge, candidate or benchmark not named on its own."""
@@ -52,6 +53,9 @@ PLS_LABELS = (
 )
 VERDICT_LABELS = ("benchmark", "judge", "candidate", "relation")
 RECOMPUTE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+PROBE_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14_400.0, 28_800.0, 86_400.0)
+PROBE_OUTCOMES = ("success", "error", "hung", "killed", "interrupted", "no_data", "probe_extra")
+"""``outcome`` of ``prefleak_probe_runs_total``: how a probe run ended (docs/metrics.md)."""
 
 Triple = tuple[str, str, str]
 """benchmark, judge, candidate."""
@@ -84,6 +88,10 @@ class Snapshot:
     """The last diversity report (recomputed every ``diversity.interval_s``), if any yet."""
     analysis: Analysis | None = None
     """Statistics of the recompute: significance, leakage effects, changes, judge biases."""
+    fingerprint: FingerprintReport | None = None
+    """The last style fingerprint (recomputed every ``fingerprint.interval_s``), if any yet."""
+    inferred_relations: dict[str, int] | None = None
+    """Relations in force that are inferences, per kind (from the recompute's lineage)."""
 
 
 def verdict_series(
@@ -229,6 +237,55 @@ class Metrics:
             return self._last_ingest
 
 
+class ProbeMetrics:
+    """The probe runs' series, registered only where probes run: a daemon without them exports
+    none (a last-success of 0 would read as "stale" to the alerts)."""
+
+    def __init__(self, registry: CollectorRegistry, last_success: float | None) -> None:
+        self.runs = Counter(
+            "prefleak_probe_runs",
+            "Leakage probe runs this process finished, by outcome (success or why not).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "prefleak_probe_run_duration_seconds",
+            "Wall time of each finished probe run, failed ones included.",
+            buckets=PROBE_BUCKETS,
+            registry=registry,
+        )
+        self.unparseable = Counter(
+            "prefleak_probe_unparseable_judgements",
+            "Probe judgements that could not be parsed after retries (never made verdicts).",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "prefleak_probe_last_success_timestamp_seconds",
+            "Unix time the last successful probe run ended, as recorded in the store.",
+            registry=registry,
+        )
+        for outcome in PROBE_OUTCOMES:
+            self.runs.labels(outcome)
+        self._registry: CollectorRegistry | None = None
+        """Set while ``last_success`` waits, unregistered, for the first success."""
+        if last_success is not None:
+            self.last_success.set(last_success)
+        else:  # absent until a run succeeds, never 0
+            registry.unregister(self.last_success)
+            self._registry = registry
+
+    def record(self, outcome: str, duration_s: float, unparseable: int, ended: float) -> None:
+        """Count one finished probe run."""
+        self.runs.labels(outcome).inc()
+        self.duration.observe(duration_s)
+        self.unparseable.inc(unparseable)
+        if outcome == "success":
+            self.last_success.set(ended)
+            if self._registry is not None:
+                self._registry.register(self.last_success)
+                self._registry = None
+
+
 class _StoreCollector(Collector):
     """Exports the last recompute and the sources' live state; absent values stay absent."""
 
@@ -271,6 +328,10 @@ class _StoreCollector(Collector):
         yield from _verdict_families(snapshot.verdicts)
         if snapshot.diversity is not None:
             yield from _diversity_families(snapshot.diversity, self._max_datasets)
+        if snapshot.inferred_relations is not None:
+            yield _inferred_family(snapshot.inferred_relations)
+        if snapshot.fingerprint is not None:
+            yield from _fingerprint_families(snapshot.fingerprint)
 
     def _live(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -541,4 +602,53 @@ def _diversity_families(report: DiversityReport, max_datasets: int) -> Iterator[
         "prefleak_diversity_last_timestamp_seconds",
         "Unix time the diversity report behind these series was computed.",
         report.generated_at,
+    )
+
+
+MAX_FINGERPRINT_GENERATORS = 50
+"""Generators exported as recall series (the most texts first); ``fingerprint --json`` has all."""
+INFERRED_KINDS = ("same_model", "inheritance", "same_series", "same_family")
+
+
+def _inferred_family(counts: dict[str, int]) -> Metric:
+    """Inferred relations in force per kind; every kind is always present, 0 when none."""
+    family = GaugeMetricFamily(
+        "prefleak_inferred_relations",
+        "Judge-candidate relations in force that were inferred (relation events, e.g. from "
+        "style fingerprints) with nothing declared for the pair, by kind.",
+        labels=["kind"],
+    )
+    for kind in INFERRED_KINDS:
+        family.add_metric([kind], counts.get(kind, 0))
+    return family
+
+
+def _fingerprint_families(report: FingerprintReport) -> Iterator[Metric]:
+    """Separability of the generators' styles; absent until a classifier could be trained."""
+    separability = report.separability
+    if separability is None:
+        return
+    yield _gauge(
+        "prefleak_fingerprint_accuracy_ratio",
+        "Cross-validated accuracy of the style classifier telling the generators apart.",
+        separability.accuracy.value,
+    )
+    yield _gauge(
+        "prefleak_fingerprint_chance_ratio",
+        "Accuracy of always guessing the generator with most texts: the floor to compare with.",
+        separability.chance,
+    )
+    recall = GaugeMetricFamily(
+        "prefleak_fingerprint_recall_ratio",
+        "Share of a generator's texts the style classifier attributes to it (cross-validated).",
+        labels=["generator"],
+    )
+    top = sorted(separability.per_generator, key=lambda s: (-s.texts, s.generator))
+    for score in top[:MAX_FINGERPRINT_GENERATORS]:
+        recall.add_metric([score.generator], score.recall.value)
+    yield recall
+    yield _gauge(
+        "prefleak_fingerprint_last_timestamp_seconds",
+        "Unix time the exported style fingerprint was computed.",
+        report.computed_at,
     )

@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from prefleak.config import Settings
 from prefleak.daemon.metrics import Metrics, Snapshot, Triple, verdict_series
@@ -19,10 +22,11 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.stats.analysis import StatisticsOptions, WindowResult, analyse
 from prefleak.stats.cells import Cells
-from prefleak.store import EventStore
+from prefleak.store import EventStore, projection_window
 
 if TYPE_CHECKING:
     from prefleak.diversity.report import DiversityAnalyzer, DiversityReport
+    from prefleak.fingerprint import FingerprintReport
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,12 @@ class Recomputer:
         self._analyzer: DiversityAnalyzer | None = None
         self._diversity: DiversityReport | None = None
         self._diversity_due = 0.0
+        self._fingerprint: FingerprintReport | None = None
+        self._fingerprint_due = 0.0
         self._seen_seq: int | None = None
         """Log position the last analysis had seen; None before the first."""
+        self._kept_cells: Cells | None = None
+        """The cells of the last recompute (bounded by the kept windows)."""
         self._provenance_seen = -1
 
     @property
@@ -69,6 +77,7 @@ class Recomputer:
             self._latest = snapshot
         log.debug("recompute took %.3f s: %d PLS rows", snapshot.duration_s, len(snapshot.pls))
         self._refresh_diversity()
+        self._refresh_fingerprint()
 
     def _refresh_diversity(self) -> None:
         """Every ``diversity.interval_s``, after the PLS snapshot is out (it never waits on this).
@@ -99,21 +108,90 @@ class Recomputer:
                 self._latest = replace(self._latest, diversity=report)
         log.debug("diversity report: %d datasets", len(report.datasets))
 
+    def _refresh_fingerprint(self) -> None:
+        """Every ``fingerprint.interval_s``, after the PLS snapshot: learn the generators' styles,
+        profile the candidates and, with ``fingerprint.record``, append the inferred relations as
+        events (through this reader's connection; SQLite serialises it with the writer), so the
+        next recompute's lineage has them and a replay rebuilds them.
+
+        Without the probe extra the report carries that note and the service runs on.
+        """
+        settings = self._settings.fingerprint
+        if not settings.enabled or time.monotonic() < self._fingerprint_due:
+            return
+        self._fingerprint_due = time.monotonic() + settings.interval_s
+        from prefleak.fingerprint import (
+            SOURCE,
+            FingerprintReport,
+            FingerprintUnavailable,
+            fingerprint,
+            load_inputs,
+            record,
+        )
+
+        try:
+            inputs, lineage = load_inputs(self._store, settings)
+            report = fingerprint(inputs, lineage, settings)
+            if settings.record and report.events():
+                self._metrics.record(SOURCE, record(self._store, report))
+        except FingerprintUnavailable as exc:
+            if self._fingerprint is None:
+                log.warning("fingerprint step skipped: %s", exc)
+            report = FingerprintReport(None, notes=(str(exc),))
+        except Exception:
+            self._metrics.recompute_errors.inc()
+            log.exception("fingerprint recompute failed; the previous results stay exported")
+            return
+        report = replace(report, computed_at=time.time())
+        with self._lock:
+            self._fingerprint = report
+            if self._latest is not None:
+                self._latest = replace(self._latest, fingerprint=report)
+        log.debug("fingerprint: %d candidates, %d inferences", len(report.profiles),
+                  len(report.inferences))  # fmt: skip
+
+    def _changes(self) -> set[int] | None:
+        """Projection hours that verdicts stored since the last recompute fell in; None on the
+        first one (read everything)."""
+        store = self._store
+        if self._seen_seq is None:
+            self._seen_seq = store.last_seq()
+            return None
+        hours, self._seen_seq = store.verdict_windows_since(self._seen_seq)
+        return hours
+
+    def _cells(self, since: float | None, changed: set[int] | None) -> Cells:
+        """The kept cells: all of them read on the first recompute; later, the cells of the
+        last one with the changed hours read again and the hours past the horizon dropped."""
+        store, kept = self._store, self._kept_cells
+        first = None if since is None else projection_window(since)
+        if changed is None or kept is None:
+            cells = Cells.from_rows(store.verdict_rows(since=since))
+        else:
+            stays = ~np.isin(kept.window, list(changed))
+            if first is not None:
+                stays &= kept.window >= first
+            fresh = [hour for hour in changed if first is None or hour >= first]
+            cells = Cells.concat(
+                [kept.select(stays), Cells.from_rows(store.verdict_rows(windows=fresh))]
+            )
+        self._kept_cells = cells
+        return cells
+
     def _reusable(
-        self, options: StatisticsOptions, events: dict[str, int]
+        self, options: StatisticsOptions, events: dict[str, int], changed: set[int] | None
     ) -> dict[int, WindowResult] | None:
         """Window results of the last analysis that no verdict since has touched; None when
         provenance changed (relations, so every window, may have) or there is none yet."""
-        store, previous = self._store, self._latest
+        previous = self._latest
         provenance = sum(events.get(kind, 0) for kind in PROVENANCE_TYPES)
-        if self._seen_seq is None or previous is None or previous.analysis is None:
-            self._seen_seq, self._provenance_seen = store.last_seq(), provenance
+        if changed is None or previous is None or previous.analysis is None:
+            self._provenance_seen = provenance
             return None
-        hours, self._seen_seq = store.verdict_windows_since(self._seen_seq)
         if provenance != self._provenance_seen:
             self._provenance_seen = provenance
             return None
-        touched = {hour // options.window_s * options.window_s for hour in hours}
+        touched = {hour // options.window_s * options.window_s for hour in changed}
         windows = previous.analysis.windows
         return {start: result for start, result in windows.items() if start not in touched}
 
@@ -121,16 +199,18 @@ class Recomputer:
         store = self._store
         options = statistics_options(self._settings)
         events = store.event_counts()
-        reuse = self._reusable(options, events)
+        changed = self._changes()
+        reuse = self._reusable(options, events, changed)
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
-        cells = Cells.from_rows(store.verdict_rows(since=since))
+        cells = self._cells(since, changed)
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
         analysis = analyse(cells, lineage, options, reuse=reuse)
         table = [scored.row for scored in analysis.pls if scored.slice == "horizon"]
         verdicts, self._named = verdict_series(
             store.verdict_totals(), lineage, self._settings.metrics, self._named
         )
+        inferred = Counter(r.kind.value for r in lineage.inferred_pairs().values())
         dead_letters = store.rejected_count()
         newest_event = store.newest_event_ts()
         return Snapshot(
@@ -142,6 +222,8 @@ class Recomputer:
             dead_letters=dead_letters,
             newest_event_ts=newest_event,
             diversity=self._diversity,
+            fingerprint=self._fingerprint,
+            inferred_relations=dict(inferred),
             analysis=analysis,
         )
 

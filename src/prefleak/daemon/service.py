@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prefleak import __version__
 from prefleak.check import check, parse_check_request
@@ -31,7 +31,11 @@ from prefleak.explain import explain, parse_subject
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.stats.analysis import Analysis
+from prefleak.stats.commands import biases_document, leaderboard_document, report_document
 from prefleak.store import AppendResult, EventStore
+
+if TYPE_CHECKING:
+    from prefleak.probes.worker import ProbeScheduler, RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,23 @@ class Service:
             self._kafka = self._sources["kafka"] = self._kafka_source()
         self.server = Server((settings.http.host, settings.http.port), self, _http_auth(settings))
         self._threads: list[threading.Thread] = []
+        self._probes = self._probe_scheduler() if settings.probe.enabled else None
+
+    def _probe_scheduler(self) -> ProbeScheduler:
+        """Probe runs on ``probe.schedule``, each in a worker process (docs/probes.md); the
+        probe modules are imported only here, and torch only inside the worker."""
+        from prefleak.daemon.metrics import ProbeMetrics
+        from prefleak.probes.worker import ProbeRunner, ProbeScheduler, last_success
+
+        metrics = ProbeMetrics(self.registry, last_success(self.settings.db))
+
+        def record(outcome: RunOutcome) -> None:
+            metrics.record(outcome.outcome, outcome.duration_s, outcome.unparseable, time.time())
+
+        runner = ProbeRunner(
+            self.settings.probe, self.settings.db, hash_texts=self.settings.privacy.hashed
+        )
+        return ProbeScheduler(runner, on_outcome=record)
 
     def _counter(self, source: str) -> Callable[[AppendResult], None]:
         return lambda result: self.metrics.record(source, result)
@@ -161,25 +182,48 @@ class Service:
         return reasons
 
     def pls(self) -> dict[str, Any] | None:
+        """``GET /v1/pls``: the whole last analysis, the report with the judges' biases and the
+        leaderboard."""
+        found = self._analysis()
+        if found is None:
+            return None
+        analysis, finished_at = found
+        payload = report_document(analysis, finished_at)
+        payload["biases"] = biases_document(analysis)["judges"]
+        board = analysis.leaderboard
+        payload["leaderboard"] = None if board is None else board.to_json()
+        return payload
+
+    def report(self) -> dict[str, Any] | None:
+        """``GET /v1/report``: as ``prefleak report --json``, on the last recompute."""
+        found = self._analysis()
+        return None if found is None else report_document(*found)
+
+    def leaderboard(self) -> dict[str, Any] | None:
+        """``GET /v1/leaderboard``: as ``prefleak leaderboard --json``, on the last recompute."""
+        found = self._analysis()
+        return None if found is None else leaderboard_document(*found)
+
+    def biases(self) -> dict[str, Any] | None:
+        """``GET /v1/biases``: as ``prefleak biases --json``, on the last recompute."""
+        found = self._analysis()
+        return None if found is None else biases_document(*found)
+
+    def _analysis(self) -> tuple[Analysis, float] | None:
+        """The last recompute's analysis (an empty one before any verdict) and when it ended."""
         snapshot = self.snapshot()
         if snapshot is None:
             return None
-        analysis = snapshot.analysis
-        if analysis is None:
-            return {"schema": "prefleak.report/2", "generated_at": _iso(snapshot.finished_at),
-                    "ties": self.settings.pls.ties, "pls": []}  # fmt: skip
-        return {
-            "schema": "prefleak.report/2",
-            "generated_at": _iso(snapshot.finished_at),
-            "horizon": analysis.horizon_json(),
-            "window_s": analysis.window_s,
-            "ties": self.settings.pls.ties,
-            "fdr": self.settings.statistics.fdr,
-            **analysis.tables_json(),
-            "changes": [change.to_json() for change in analysis.changes],
-            "biases": [judge.to_json() for judge in analysis.biases],
-            "leaderboard": None if analysis.leaderboard is None else analysis.leaderboard.to_json(),
-        }
+        analysis = snapshot.analysis or Analysis(None, statistics_options(self.settings))
+        return analysis, snapshot.finished_at
+
+    def diversity(self) -> dict[str, Any] | None:
+        """``GET /v1/diversity``: as ``prefleak diversity --json``; None until the first
+        diversity recompute (never, with ``diversity.enabled`` off)."""
+        snapshot = self.snapshot()
+        if snapshot is None or snapshot.diversity is None:
+            return None
+        return snapshot.diversity.to_json()
 
     def check(self, body: bytes) -> dict[str, Any]:
         """``POST /v1/check``: as ``prefleak check --json``, on the provenance stored right now.
@@ -264,6 +308,8 @@ class Service:
         self._start("recompute", self.recomputer.run)
         for name, source in self._sources.items():
             self._start(name, source.run)
+        if self._probes is not None:
+            self._start("probe", self._probes.run)
         log.info(
             "prefleak %s listening on %s: metrics at %s/metrics, events at POST %s/v1/events "
             "(db %s; sources: %s)",
@@ -284,6 +330,8 @@ class Service:
             described.append(f"files in {self.settings.watch.directory}")
         if self.settings.kafka.enabled:
             described.append(f"kafka at {','.join(self.settings.kafka.bootstrap_servers)}")
+        if self.settings.probe.enabled:
+            described.append("leakage probes")
         return described
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:

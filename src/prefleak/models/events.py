@@ -150,12 +150,67 @@ class SampleEvent(_Event):
     """The model that wrote ``text``, when it is a candidate's answer rather than a dataset item."""
 
 
+RelationKindName = Literal["same_model", "inheritance", "same_series", "same_family", "unrelated"]
+"""The kinds of :class:`prefleak.lineage.RelationKind`, strongest first."""
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class RelationEvidence(BaseModel):
+    """What a style fingerprint saw, kept small so a person can judge the inference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    method: Annotated[str, Field(min_length=1, max_length=64)]
+    texts: Annotated[int, Field(ge=1)]
+    """Texts of the candidate that were scored."""
+    probability: Probability
+    """Mean predicted probability that a text of the candidate is in the judge's style."""
+    ci_low: Probability
+    ci_high: Probability
+    chance: Probability
+    """The probability a style-blind classifier would give (1 / number of generators)."""
+    typicality: Probability | None = None
+    """Share of the candidate's texts as close to the judge's texts as 90 % of the judge's own."""
+    accuracy: Probability
+    """Cross-validated accuracy of the classifier over every generator."""
+    generators: Annotated[int, Field(ge=2)]
+
+
+class RelationEvent(_Event):
+    """A relation between a judge and a candidate that was *inferred*, not declared.
+
+    Nobody sent provenance that makes them related; something (a style fingerprint, say) found
+    the candidate's texts written in the judge's style. Lineage uses it only where the declared
+    provenance finds nothing, and the newest such event for a pair wins, so ``kind: unrelated``
+    withdraws an earlier inference.
+    """
+
+    type: Literal["relation"]
+    judge: Id
+    candidate: Id
+    kind: RelationKindName
+    source: Annotated[str, Field(min_length=1, max_length=64)]
+    """What inferred it: ``fingerprint``, or e.g. ``operator`` for a person's correction."""
+    confidence: Probability
+    """How sure the source is; for a fingerprint, the lower 95 % bound of the probability."""
+    share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Estimated share of the candidate's training behind the relation (as for declared ones)."""
+    evidence: RelationEvidence | None = None
+
+    @model_validator(mode="after")
+    def _two_models(self) -> RelationEvent:
+        if self.judge == self.candidate:
+            raise ValueError(f"judge and candidate are both {self.judge!r}")
+        return self
+
+
 Event = Annotated[
-    ModelEvent | DatasetEvent | TrainingEvent | VerdictEvent | SampleEvent,
+    ModelEvent | DatasetEvent | TrainingEvent | VerdictEvent | SampleEvent | RelationEvent,
     Field(discriminator="type"),
 ]
-EVENT_TYPES: tuple[str, ...] = ("model", "dataset", "training", "verdict", "sample")
-PROVENANCE_TYPES: frozenset[str] = frozenset({"model", "dataset", "training"})
+EVENT_TYPES: tuple[str, ...] = ("model", "dataset", "training", "verdict", "sample", "relation")
+PROVENANCE_TYPES: frozenset[str] = frozenset({"model", "dataset", "training", "relation"})
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 _validate_json = _EVENT_ADAPTER.validator.validate_json  # skips the adapter's per-call wrapper
@@ -186,6 +241,12 @@ def _content(event: Event, *, with_ts: bool) -> bytes:
 def content_id(event: Event) -> str:
     """Deterministic id of an event sent without one: a hash of its canonical content."""
     return hashlib.blake2b(_content(event, with_ts=True), digest_size=16).hexdigest()
+
+
+def timeless_id(event: Event) -> str:
+    """A deterministic id that ignores ``ts``: what an inference records again, at any time and
+    on any replica, with the same content, is the same event (stored once)."""
+    return hashlib.blake2b(_content(event, with_ts=False), digest_size=16).hexdigest()
 
 
 def same_content(one: Event, other: Event) -> bool:

@@ -184,12 +184,64 @@ class Cells:
             prompt_keys=self.prompt_keys,
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Cells]) -> Cells:
+        """The cells of several parts as one, as :meth:`from_rows` of all their rows gives them
+        (vocabularies of the names in use, codes in name order; rows in part order).
+
+        The service keeps its cells between recomputes and replaces only the hours that new
+        verdicts touched: reading every kept cell again is half of a full recompute."""
+        columns: dict[str, Any] = {
+            field: np.concatenate([getattr(part, field) for part in parts])
+            for field in _DATA_FIELDS
+        }
+        for vocabulary, fields in _VOCABULARY_FIELDS.items():
+            names_of = [getattr(part, vocabulary) for part in parts]
+            union = sorted({
+                names[code]
+                for names, part in zip(names_of, parts, strict=True)
+                for code in np.unique([getattr(part, f) for f in fields]).tolist()
+                if code != NO_LABEL
+            })  # fmt: skip
+            index = {name: code for code, name in enumerate(union)}
+            columns[vocabulary] = tuple(union)
+            for field in fields:
+                columns[field] = np.concatenate([
+                    _recode(names, index)[getattr(part, field)]
+                    for names, part in zip(names_of, parts, strict=True)
+                ])  # fmt: skip
+        keys = {
+            name: key
+            for part in parts
+            for name, key in zip(part.prompts, part.prompt_keys.tolist(), strict=True)
+        }
+        columns["prompt_keys"] = np.array([keys[n] for n in columns["prompts"]], dtype=np.uint64)
+        return cls(**columns)
+
     def model_code(self, name: str) -> int | None:
         """Code of a judge or candidate, None when no cell names it."""
         try:
             return self.models.index(name)
         except ValueError:
             return None
+
+
+_VOCABULARY_FIELDS = {
+    "models": ("judge", "lo", "hi"),
+    "benchmarks": ("benchmark",),
+    "prompts": ("prompt",),
+    "categories": ("category",),
+    "tracks": ("track",),
+}
+"""Each vocabulary of :class:`Cells` and the columns holding its codes."""
+_DATA_FIELDS = ("window", "outcomes", "verdicts", "lo_first", "hi_first", "length", "has_length")
+"""The columns of :class:`Cells` that hold no codes."""
+
+
+def _recode(names: Sequence[str], index: dict[str, int]) -> IntArray:
+    """Old code -> new code, as an array to index with old codes (-1, no label, hits the last
+    slot and stays -1)."""
+    return np.array([*(index.get(name, NO_LABEL) for name in names), NO_LABEL], dtype=np.int64)
 
 
 def composite_key(columns: Sequence[IntArray]) -> IntArray:

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefleak.config import (
-    ConfigError,
     Settings,
     StatisticsSettings,
     add_db_option,
     default_db,
-    load_settings,
     parse_duration,
+    settings_or_exit,
 )
 from prefleak.daemon.recompute import statistics_options
 from prefleak.lineage import Lineage
@@ -31,7 +29,7 @@ from prefleak.stats.analysis import Analysis, analyse
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK = 0
 _DEFAULTS = StatisticsSettings()
 
 
@@ -95,11 +93,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
             overrides.setdefault(section, {})[key] = value
     if args.db is not None:
         overrides["db"] = args.db
-    try:
-        return load_settings(args.config, overrides)
-    except ConfigError as exc:
-        print(f"prefleak: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+    return settings_or_exit(args.config, overrides)
 
 
 def analyse_store(args: argparse.Namespace) -> Analysis:
@@ -125,23 +119,50 @@ def load_horizon(args: argparse.Namespace, analysis: Analysis) -> tuple[Cells | 
     return cells, lineage
 
 
-def envelope(schema: str, analysis: Analysis) -> dict[str, Any]:
-    """The keys every statistics JSON document starts with."""
+def envelope(schema: str, analysis: Analysis, generated_at: float | None = None) -> dict[str, Any]:
+    """The keys every statistics JSON document starts with; ``generated_at`` is when the numbers
+    were computed (now, for the CLI; the last recompute, for the service)."""
+    when = datetime.now(UTC) if generated_at is None else datetime.fromtimestamp(generated_at, UTC)
     return {
         "schema": schema,
-        "generated_at": datetime.now(UTC).isoformat(),
+        "generated_at": when.isoformat(),
         "horizon": analysis.horizon_json(),
         "window_s": analysis.window_s,
     }
+
+
+def report_document(analysis: Analysis, generated_at: float | None = None) -> dict[str, Any]:
+    """``prefleak report --json`` and ``GET /v1/report``."""
+    payload = envelope("prefleak.report/2", analysis, generated_at)
+    payload.update({
+        "ties": analysis.options.ties,
+        "fdr": analysis.options.fdr,
+        **analysis.tables_json(),
+        "changes": [change.to_json() for change in analysis.changes],
+    })  # fmt: skip
+    return payload
+
+
+def leaderboard_document(analysis: Analysis, generated_at: float | None = None) -> dict[str, Any]:
+    """``prefleak leaderboard --json`` and ``GET /v1/leaderboard``."""
+    payload = envelope("prefleak.leaderboard/1", analysis, generated_at)
+    board = analysis.leaderboard
+    payload.update(board.to_json() if board else {"reference": None, "rows": []})
+    return payload
+
+
+def biases_document(analysis: Analysis, generated_at: float | None = None) -> dict[str, Any]:
+    """``prefleak biases --json`` and ``GET /v1/biases``."""
+    payload = envelope("prefleak.biases/1", analysis, generated_at)
+    payload["judges"] = [judge.to_json() for judge in analysis.biases]
+    return payload
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     analysis = analyse_store(args)
     board = analysis.leaderboard
     if args.json:
-        payload = envelope("prefleak.leaderboard/1", analysis)
-        payload.update(board.to_json() if board else {"reference": None, "rows": []})
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(leaderboard_document(analysis), indent=2))
         return EXIT_OK
     if board is None:
         print("No verdicts in the horizon yet: nothing to rank.")
@@ -161,9 +182,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 def _cmd_biases(args: argparse.Namespace) -> int:
     analysis = analyse_store(args)
     if args.json:
-        payload = envelope("prefleak.biases/1", analysis)
-        payload["judges"] = [judge.to_json() for judge in analysis.biases]
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(biases_document(analysis), indent=2))
         return EXIT_OK
     if not analysis.biases:
         print("No verdicts in the horizon yet.")
