@@ -98,3 +98,32 @@ def test_stdout_jsonl_and_empty_store(tmp_path: Path, capsys: pytest.CaptureFixt
     assert capsys.readouterr().out == ""
     assert main(["review", "export", "--db", str(empty), *FAST]) == 0
     assert "nothing to review" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("store_texts", ["full", "hashed"])
+def test_items_carry_the_texts_the_verdicts_carried(
+    tmp_path: Path, store_texts: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompt and both answers come from the verdict bodies; hashed texts are not shown."""
+    stream, db = tmp_path / "texts.jsonl", tmp_path / "texts.db"
+    assert main(["simulate", "--prompts", "20", "--texts", "--out", str(stream)]) == 0
+    monkeypatch.setenv("PREFLEAK_PRIVACY__STORE_TEXTS", store_texts)
+    assert main(["ingest", "--db", str(db), str(stream)]) == 0
+    items = _export(db, tmp_path / "items.jsonl", "--limit", "5")
+    assert items
+    sent = {}
+    for line in stream.read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "verdict" and "prompt" in event:
+            key = (event["benchmark"], event["prompt_id"])
+            sent.setdefault(key, {"prompt": event["prompt"]})
+            sent[key][event["model_a"]] = event["response_a"]
+            sent[key][event["model_b"]] = event["response_b"]
+    for item in items:
+        texts = item["texts"]
+        if store_texts == "hashed":
+            assert texts == {"prompt": None, "response_a": None, "response_b": None}
+            continue
+        known = sent[(item["benchmark"], item["prompt_id"])]
+        assert texts == {"prompt": known["prompt"], "response_a": known[item["model_a"]],
+                         "response_b": known[item["model_b"]]}  # fmt: skip

@@ -275,6 +275,12 @@ def test_overview_links_reach_explain_pages_that_chart_the_explain_json(
     rates = [row["win_rates"] for row in doc["rows"] if row["win_rates"]]
     assert related["y"] == pytest.approx([100 * r[k] for r in rates for k in ("ii", "jj")])
     assert other["y"] == pytest.approx([100 * r[k] for r in rates for k in ("ij", "ji")])
+    # which prompts: one table per evidence row, a line per prompt, in the JSON's order
+    tables = browser.find_elements(By.CSS_SELECTOR, "#evidence table")
+    assert len(tables) == len(doc["evidence"]["rows"]) > 0
+    for table, row in zip(tables, doc["evidence"]["rows"], strict=True):
+        shown = [cell.text for cell in table.find_elements(By.CSS_SELECTOR, "tbody td:first-child")]
+        assert shown == [prompt["prompt"] for prompt in row["prompts"]]
     assert severe(browser) == []
 
 

@@ -12,7 +12,7 @@ The caller adds the envelope of :func:`prefleak.stats.commands.envelope` with :d
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from prefleak.stats.biases import JudgeBiases
 from prefleak.stats.cells import NO_LABEL, Cells
 from prefleak.stats.estimate import round_sig
 from prefleak.stats.leakage import fit_leakage
+from prefleak.store import PromptTexts
 
 SCHEMA = "prefleak.explain/1"
 TOP_PROMPTS = 10
@@ -35,8 +36,14 @@ TOP_PROMPTS = 10
 EVIDENCE_ROWS = 3
 """PLS rows that get per-prompt evidence (the most significant first)."""
 NO_TEXT_NOTE = (
-    "prefleak keeps no prompt or response text (there is no text projection): prompts are "
-    "identified by benchmark and prompt id; look the texts up in the evaluation's own records"
+    "no texts: the verdicts of these prompts carried none (or only their hashes); prompts are "
+    "identified by benchmark and prompt id, look the texts up in the evaluation's own records"
+)
+TextLookup = Callable[[Collection[tuple[str, str]]], Mapping[tuple[str, str], PromptTexts]]
+"""(benchmark, prompt id) -> the texts verdicts carried for them."""
+TEXTS_NOTE = (
+    "texts are those the verdicts carried (prompt, response_a, response_b); null where none was "
+    "stored or only its hash (privacy.store_texts: hashed)"
 )
 NO_CELLS_NOTE = (
     "per-prompt evidence needs the verdict projection, which this answer was computed without; "
@@ -184,8 +191,12 @@ def explain(
     *,
     ties: TiePolicy = "loss",
     top: int = TOP_PROMPTS,
+    texts: TextLookup | None = None,
 ) -> dict[str, Any]:
-    """Every section of the ``prefleak.explain/1`` document but the envelope (docs/explain.md)."""
+    """Every section of the ``prefleak.explain/1`` document but the envelope (docs/explain.md).
+
+    ``texts`` (:meth:`prefleak.store.EventStore.prompt_texts`) adds the stored texts of the
+    evidence prompts; this module does no I/O of its own."""
     scored = [s for s in analysis.pls if subject.involves(s.row)]
     horizon = sorted((s for s in scored if s.slice == "horizon"), key=_order)
     keys = [_key(s.row) for s in horizon]
@@ -232,8 +243,17 @@ def explain(
             },
         },
         "changes": changes,
-        "evidence": _evidence(
-            cells, lineage, subject, horizon, None if cells is None else cells.prompts, ties, top
+        "evidence": _with_texts(
+            _evidence(
+                cells,
+                lineage,
+                subject,
+                horizon,
+                None if cells is None else cells.prompts,
+                ties,
+                top,
+            ),
+            texts,
         ),
         "categories": {
             "pls": [
@@ -524,6 +544,28 @@ def _evidence(
             }
         )
     return {"available": True, "texts": False, "note": NO_TEXT_NOTE, "rows": found}
+
+
+def _with_texts(evidence: dict[str, Any], texts: TextLookup | None) -> dict[str, Any]:
+    """The evidence with each prompt's stored texts: the prompt and both students' answers."""
+    if texts is None or not evidence["rows"]:
+        return evidence
+    found = texts(
+        {(row["benchmark"], p["prompt"]) for row in evidence["rows"] for p in row["prompts"]}
+    )
+    for row in evidence["rows"]:
+        for prompt in row["prompts"]:
+            stored = found.get((row["benchmark"], prompt["prompt"]), PromptTexts())
+            shown = stored.to_json(row["student_i"], row["student_j"])
+            prompt["texts"] = {"prompt": shown["prompt"], "answer_i": shown["response_a"],
+                               "answer_j": shown["response_b"]}  # fmt: skip
+    stored_any = any(
+        any(v is not None for v in p["texts"].values())
+        for r in evidence["rows"]
+        for p in r["prompts"]
+    )
+    note = TEXTS_NOTE if stored_any else NO_TEXT_NOTE
+    return {**evidence, "texts": stored_any, "note": note}
 
 
 # -- biases and what to do -------------------------------------------------------------------

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from prefleak.config import add_db_option
+from prefleak.config import add_db_option, default_db
 from prefleak.explain import SCHEMA, SubjectError, explain, parse_subject
 from prefleak.stats.commands import (
     add_statistics_options,
@@ -22,6 +22,7 @@ from prefleak.stats.commands import (
     load_horizon,
     render,
 )
+from prefleak.store import EventStore
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -35,9 +36,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     analysis = analyse_store(args)
     cells, lineage = load_horizon(args, analysis)
     document = envelope(SCHEMA, analysis)
-    document.update(
-        explain(analysis, cells, lineage, subject, ties=analysis.options.ties, top=args.top)
-    )
+    with EventStore(args.db or default_db()) as store:
+        document.update(
+            explain(analysis, cells, lineage, subject, ties=analysis.options.ties, top=args.top,
+                    texts=store.prompt_texts)
+        )  # fmt: skip
     if args.json:
         print(json.dumps(document, indent=2))
     else:
@@ -52,6 +55,12 @@ def _pct(value: Any, sign: bool = True) -> str:
     if value is None:
         return "-"
     return f"{100 * value:+.1f}%" if sign else f"{100 * value:.1f}%"
+
+
+def _clip(text: str, width: int = 90) -> str:
+    """One line of a stored text for the terminal (``--json`` has it whole)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _q(value: Any) -> str:
@@ -195,6 +204,11 @@ def render_text(doc: dict[str, Any]) -> str:
                     )
                 )
             out += ["    " + line for line in render(lines).splitlines()]
+            out += [
+                f"    {p['prompt']}: {_clip(p['texts']['prompt'])}"
+                for p in row["prompts"]
+                if p.get("texts", {}).get("prompt")
+            ]
     if evidence["available"] and evidence["rows"]:
         out.append(f"  ({evidence['note']})")
     categories = doc["categories"]["pls"]

@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefleak.store import EventStore, StoreError
+from prefleak.store import HASHED_TEXT_PREFIX, EventStore, StoreError
 
 TextPolicy = Literal["full", "hashed"]
 
@@ -26,11 +26,9 @@ REDACTED_FIELDS: dict[str, tuple[str, ...]] = {"verdict": ("prompt", "response_a
 """Text fields stored as hashes in hashed mode, by event type. Samples keep their ``text`` and
 ``prompt``: diversity measures (n-grams, embeddings, coverage) need the words themselves."""
 
-HASH_PREFIX = "sha256:"
-
 
 def hash_text(text: str) -> str:
-    return HASH_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return HASHED_TEXT_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def redact(body: bytes) -> bytes:
@@ -49,7 +47,7 @@ def redact(body: bytes) -> bytes:
     changed = False
     for name in fields:
         value = data.get(name)
-        if isinstance(value, str) and not value.startswith(HASH_PREFIX):
+        if isinstance(value, str) and not value.startswith(HASHED_TEXT_PREFIX):
             data[name] = hash_text(value)
             changed = True
     if not changed:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefleak.config import add_db_option
+from prefleak.config import add_db_option, default_db
 from prefleak.review import SCHEMA, review_queue
 from prefleak.stats.commands import (
     add_statistics_options,
@@ -22,6 +22,7 @@ from prefleak.stats.commands import (
     load_horizon,
     render,
 )
+from prefleak.store import EventStore, PromptTexts
 
 EXIT_OK, EXIT_USAGE = 0, 2
 DEFAULT_LIMIT = 20
@@ -37,7 +38,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.limit:
         items = items[: args.limit]
     head = envelope(SCHEMA, analysis)
-    lines = [{**item.to_json(rank), **_extra(head)} for rank, item in enumerate(items, 1)]
+    with EventStore(args.db or default_db()) as store:
+        texts = store.prompt_texts({(item.benchmark, item.prompt_id) for item in items})
+    lines = [
+        {**item.to_json(rank), **_extra(head),
+         "texts": texts.get((item.benchmark, item.prompt_id), PromptTexts()).to_json(
+             item.model_a, item.model_b)}
+        for rank, item in enumerate(items, 1)
+    ]  # fmt: skip
     if args.out is None and not args.json:
         print(_table(lines))
         return EXIT_OK

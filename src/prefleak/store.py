@@ -7,12 +7,13 @@ Projections are derived data: :meth:`EventStore.rebuild` recomputes them from th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,6 +424,31 @@ class ProbeRunRow(NamedTuple):
     reason: str | None
 
 
+@dataclass
+class PromptTexts:
+    """The prompt of a comparison and the candidates' responses, as verdicts carried them."""
+
+    prompt: str | None = None
+    responses: dict[str, str] = field(default_factory=dict)
+    """Response per candidate."""
+
+    def to_json(self, model_a: str, model_b: str) -> dict[str, str | None]:
+        return {
+            "prompt": self.prompt,
+            "response_a": self.responses.get(model_a),
+            "response_b": self.responses.get(model_b),
+        }
+
+
+def _readable(text: object) -> bool:
+    """A stored text a person can read: present and not replaced by its hash."""
+    return isinstance(text, str) and not text.startswith(HASHED_TEXT_PREFIX)
+
+
+HASHED_TEXT_PREFIX = "sha256:"
+"""How ``privacy.store_texts: hashed`` stores a text (prefleak.retention)."""
+
+
 class StoreError(RuntimeError):
     """The database cannot be used (corrupt, locked, not a prefleak store)."""
 
@@ -772,6 +798,38 @@ class EventStore:
     def offsets(self) -> dict[tuple[str, str], int]:
         rows = self._db.execute("SELECT source, partition, position FROM offsets ORDER BY 1, 2")
         return {(source, part): pos for source, part, pos in rows}
+
+    def prompt_texts(
+        self, prompts: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], PromptTexts]:
+        """Texts that verdicts of these (benchmark, prompt id) carried: the prompt and each
+        candidate's response, the first stored of each (hashed texts are not texts).
+
+        There is no text projection (texts are optional and can be large), so this scans the
+        verdict log once, in C for all but the bodies that carry a text: for commands that show
+        a few comparisons to a person (explain, review export), not for the statistics."""
+        wanted = set(prompts)
+        found: dict[tuple[str, str], PromptTexts] = {}
+        if not wanted:
+            return found
+        cursor = self._db.execute(
+            "SELECT body FROM events WHERE type = 'verdict' AND (instr(body, CAST('\"prompt\"' AS"
+            " BLOB)) > 0 OR instr(body, CAST('\"response_' AS BLOB)) > 0)"
+        )
+        while rows := cursor.fetchmany(10_000):
+            for (body,) in rows:
+                event = json.loads(body)
+                key = (event["benchmark"], event["prompt_id"])
+                if key not in wanted:
+                    continue
+                texts = found.setdefault(key, PromptTexts())
+                if texts.prompt is None and _readable(event.get("prompt")):
+                    texts.prompt = event["prompt"]
+                for side in ("a", "b"):
+                    answer = event.get(f"response_{side}")
+                    if _readable(answer):
+                        texts.responses.setdefault(event[f"model_{side}"], answer)
+        return found
 
     def rejections(self, limit: int | None = None) -> list[StoredRejection]:
         sql = "SELECT * FROM rejected ORDER BY seq DESC"

@@ -32,6 +32,7 @@ from prefleak.config import MetricsSettings
 from prefleak.lineage import Lineage
 from prefleak.report import PLSRow
 from prefleak.stats.analysis import Analysis
+from prefleak.stats.cells import Cells
 from prefleak.store import AppendResult
 
 if TYPE_CHECKING:  # the report's numpy-heavy modules load only when diversity is on
@@ -92,6 +93,8 @@ class Snapshot:
     """The last style fingerprint (recomputed every ``fingerprint.interval_s``), if any yet."""
     inferred_relations: dict[str, int] | None = None
     """Relations in force that are inferences, per kind (from the recompute's lineage)."""
+    cells: Cells | None = None
+    """The verdict cells the analysis read (the kept windows): explain's per-prompt evidence."""
 
 
 def verdict_series(

@@ -225,6 +225,7 @@ class Recomputer:
             fingerprint=self._fingerprint,
             inferred_relations=dict(inferred),
             analysis=analysis,
+            cells=cells,
         )
 
 

@@ -31,8 +31,9 @@ from prefleak.explain import explain, parse_subject
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.stats.analysis import Analysis
+from prefleak.stats.cells import NO_LABEL, Cells
 from prefleak.stats.commands import biases_document, leaderboard_document, report_document
-from prefleak.store import AppendResult, EventStore
+from prefleak.store import AppendResult, EventStore, projection_window
 
 if TYPE_CHECKING:
     from prefleak.probes.worker import ProbeScheduler, RunOutcome
@@ -238,11 +239,8 @@ class Service:
         return result.to_json(request.min_severity)
 
     def explain(self, query: dict[str, str]) -> dict[str, Any] | None:
-        """``GET /v1/explain``: as ``prefleak explain --json``, on the last recompute.
-
-        The snapshot keeps no verdict cells, so the answer has no per-prompt evidence and no
-        leaderboard without the judge (both say so); the lineage is read as :meth:`check` reads it.
-        """
+        """``GET /v1/explain``: as ``prefleak explain --json``, on the last recompute's analysis
+        and cells; the lineage is read as :meth:`check` reads it."""
         subject = parse_subject(
             query.get("judges"), query.get("judge"), query.get("candidate"), query.get("benchmark")
         )
@@ -252,13 +250,20 @@ class Service:
         analysis = snapshot.analysis or Analysis(None, statistics_options(self.settings))
         with EventStore(self.settings.db) as store:
             lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-        return {
-            "schema": EXPLAIN_SCHEMA,
-            "generated_at": _iso(snapshot.finished_at),
-            "horizon": analysis.horizon_json(),
-            "window_s": analysis.window_s,
-            **explain(analysis, None, lineage, subject, ties=self.settings.pls.ties),
-        }
+            return {
+                "schema": EXPLAIN_SCHEMA,
+                "generated_at": _iso(snapshot.finished_at),
+                "horizon": analysis.horizon_json(),
+                "window_s": analysis.window_s,
+                **explain(
+                    analysis,
+                    _horizon_cells(snapshot.cells, analysis, subject.benchmark),
+                    lineage,
+                    subject,
+                    ties=self.settings.pls.ties,
+                    texts=store.prompt_texts,
+                ),
+            }
 
     def status(self) -> dict[str, Any]:
         snapshot = self.snapshot()
@@ -373,6 +378,18 @@ def _http_auth(settings: Settings) -> BearerAuth | None:
         return None
     log.info("HTTP: bearer token required for POST%s", " and GET /v1/*" * http.protect_reads)
     return BearerAuth(token, protect_reads=http.protect_reads)
+
+
+def _horizon_cells(cells: Cells | None, analysis: Analysis, benchmark: str | None) -> Cells | None:
+    """The cells of an analysis's horizon (of one benchmark, if named): what ``prefleak
+    explain`` reads from the store, taken from the recompute instead."""
+    if cells is None or analysis.horizon is None:
+        return None
+    keep = cells.window >= projection_window(analysis.horizon[0])
+    if benchmark is not None:
+        code = cells.benchmarks.index(benchmark) if benchmark in cells.benchmarks else NO_LABEL
+        keep &= cells.benchmark == code
+    return cells.select(keep)
 
 
 def _iso(ts: float) -> str:

@@ -150,6 +150,31 @@ def _q_order(row: dict[str, Any]) -> tuple[bool, float]:
     return (not row["significant"], row["q_value"] if row["q_value"] is not None else 2.0)
 
 
+def _evidence_section(evidence: dict[str, Any]) -> str:
+    """The prompts that drive each PLS row, most contributing first (docs/explain.md)."""
+    parts = ["<section id=evidence><h2>Which prompts drive it</h2>"]
+    if not evidence["available"] or not evidence["rows"]:
+        parts.append(f"<p>{esc(evidence.get('note') or 'No prompt favours a related judge.')}</p>")
+    for row in evidence["rows"]:
+        parts.append(
+            f"<h3>{esc(row['benchmark'])}: {esc(row['judge_i'])} vs {esc(row['judge_j'])} — "
+            f"{row['prompts_favouring']} of {row['prompts_compared']} prompts favour "
+            f"({esc(row['ranked_by'])})</h3>"
+        )
+        lines = [(False, (
+            esc(p["prompt"]), esc((p.get("texts") or {}).get("prompt") or "–"),
+            esc(p["category"] or "–"), _number(p["contribution"], "{:+.2f}"),
+            _pct(p["judge_i_for_student_i"], signed=False),
+            _pct(p["judge_j_for_student_i"], signed=False),
+            _pct(p["judge_j_for_student_j"], signed=False),
+            _pct(p["judge_i_for_student_j"], signed=False),
+        )) for p in row["prompts"]]  # fmt: skip
+        headers = ("prompt", "text", "category", "contribution", "i for S_i", "j for S_i",
+                   "j for S_j", "i for S_j")  # fmt: skip
+        parts.append(_table(headers, lines))
+    return "".join(parts) + "</section>"
+
+
 def _pls_section(rows: list[dict[str, Any]]) -> str:
     found = sum(row["significant"] for row in rows)
     lines = []
@@ -313,6 +338,7 @@ def explain_page(document: dict[str, Any]) -> str:
         + _relations_table(document["relations"])
         + "</section><section><h2>Win rates: related judge against the other</h2>"
         "<div id=chart-winrates class=chart></div></section>"
+        + _evidence_section(document["evidence"])
         + _pls_section(document["rows"])
         + _biases_section(document["biases"])
         + _actions(document["recommendation"])
