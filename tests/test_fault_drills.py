@@ -48,7 +48,7 @@ Event = dict[str, Any]
 MIN_FILE_KILLS = 20
 FILES = 10
 HTTP_KILLS = 6
-BATCH = 50
+BATCH = 20
 
 
 def _line(event: Event) -> bytes:
@@ -244,6 +244,17 @@ class _Client:
         self.resent_duplicates = 0
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.pause_at: int | None = None
+        """The client stops before posting once this many batches are acknowledged..."""
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        """...until this is set: the drill kills the daemon just after, while the client posts."""
+        self.resume.set()
+
+    def _wait_if_paused(self) -> None:
+        if self.pause_at is not None and self.acked >= self.pause_at:
+            self.paused.set()
+            self.resume.wait(60)
 
     def _post(self, body: bytes) -> dict[str, Any] | None:
         daemon = self.daemons[-1]
@@ -272,6 +283,7 @@ class _Client:
     def run(self) -> None:
         try:
             for k, (body, size) in enumerate(zip(self.batches, self.sizes, strict=True)):
+                self._wait_if_paused()
                 answer = self._until_acked(body)
                 assert answer["rejected"] == 0, answer
                 assert answer["accepted"] + answer["duplicate"] == size, answer
@@ -307,10 +319,16 @@ def test_http_at_least_once_client_survives_kill_9(tmp_path: Path) -> None:
     kills = 0
     try:
         for _ in range(HTTP_KILLS):
-            target = client.acked + rng.randint(3, len(batches) // (2 * HTTP_KILLS))
-            wait_for(lambda t=target: client.acked >= t or client.done.is_set(), 30, "acks")
-            if client.done.is_set():
-                break
+            # Pause the client a few batches on, then let it go and kill mid-request: every
+            # round uses a bounded number of batches, so all the kills happen however fast the
+            # machine posts.
+            client.resume.clear()
+            client.pause_at = client.acked + rng.randint(3, len(batches) // (2 * HTTP_KILLS))
+            wait_for(lambda: client.paused.is_set() or client.done.is_set(), 30, "the pause")
+            assert not client.done.is_set(), "the client finished before every kill"
+            client.paused.clear()
+            client.pause_at = None
+            client.resume.set()
             time.sleep(rng.uniform(0.0, 0.03))  # mid-request, most likely
             daemons[-1].kill()
             kills += 1
