@@ -22,14 +22,15 @@ from diversity_data import TOPICS, alpaca, topic_texts, vocabulary_texts
 from prefleak.config import DiversitySettings
 from prefleak.diversity.artifacts import artifact_shares, overlap
 from prefleak.diversity.commands import register, render, sparkline
+from prefleak.diversity.generations import chains, generations
 from prefleak.diversity.lexical import COMPRESSION_LEVEL, LexicalSample
-from prefleak.diversity.lineage import chains, generations
 from prefleak.diversity.report import DiversityAnalyzer, DiversityReport, load_inputs
 from prefleak.diversity.resample import estimate
 from prefleak.diversity.sample import SAMPLE_CAPACITY, priority
 from prefleak.diversity.semantic import mmd_test
 from prefleak.diversity.vectors import TfIdf
 from prefleak.ingest import Ingestor
+from prefleak.lineage import Lineage
 from prefleak.models.events import parse_object
 from prefleak.store import EventStore
 
@@ -166,12 +167,29 @@ def _chain_events() -> list[dict[str, Any]]:
 
 
 def test_generations_follow_training_on_synthetic_data() -> None:
-    found = generations(parse_object(e) for e in _chain_events() if e["type"] != "sample")
+    events = [parse_object(e) for e in _chain_events() if e["type"] != "sample"]
+    found = generations(Lineage.from_events(events))
     assert {d: (g.generation, g.previous) for d, g in found.items()} == {
         "human": (0, None), "gen1-data": (1, None), "gen2-data": (2, "gen1-data"),
         "gen3-data": (3, "gen2-data"),
     }  # fmt: skip
     assert chains(found) == [["gen1-data", "gen2-data", "gen3-data"]]
+
+
+def test_data_written_by_people_is_generation_zero_whoever_wrote_it() -> None:
+    """A person named as generator is no model: their data starts a chain, as unnamed data does."""
+    events = [
+        {"type": "model", "model": "annotators", "kind": "human"},
+        {"type": "dataset", "dataset": "crowd", "generator": "annotators"},
+        {"type": "dataset", "dataset": "panel", "generator": "human-panel"},
+        {"type": "training", "model": "student", "base": "base-7b", "method": "sft",
+         "datasets": [{"dataset": "crowd", "share": 1.0}]},
+        {"type": "dataset", "dataset": "student-data", "generator": "student"},
+    ]  # fmt: skip
+    found = generations(Lineage.from_events(parse_object(e) for e in events))
+    assert {d: (g.generation, g.previous) for d, g in found.items()} == {
+        "crowd": (0, None), "panel": (0, None), "student-data": (1, None),
+    }  # fmt: skip
 
 
 def test_report_shows_monotone_collapse_along_a_generation_chain(tmp_path: Path) -> None:

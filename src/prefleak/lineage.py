@@ -280,8 +280,8 @@ class Lineage:
         # Paths back through the candidate count 0: it cannot explain itself (and cycles end).
         memo: dict[str, tuple[float, tuple[str, ...]]] = {candidate: (0.0, ())}
         findings = [self._identity_finding(judge, candidate, ancestry, memo)]
-        for dataset, share in sorted(self._mixture(candidate).items()):
-            generator = self._generator(dataset)
+        for dataset, share in sorted(self.training_data(candidate).items()):
+            generator = self.generator(dataset)
             if generator is None:
                 continue  # human-written or not yet registered: relates to nothing
             steps = _data_steps(candidate, dataset, share, generator)
@@ -304,7 +304,7 @@ class Lineage:
             options.append(_Finding(RelationKind.INHERITANCE, 1.0, ancestry[candidate]))
         total, best = 0.0, 0.0
         best_steps: tuple[str, ...] = ()
-        for base in self._bases(candidate):
+        for base in self.bases(candidate):
             share, chain = self._descent(base, judge, memo)
             total += share
             if share > best:
@@ -353,7 +353,11 @@ class Lineage:
 
     # -- the graph ----------------------------------------------------------------------------
 
-    def _mixture(self, model: str) -> dict[str, float]:
+    def datasets(self) -> list[str]:
+        """Every dataset a ``dataset`` event registered, sorted."""
+        return sorted(self._datasets)
+
+    def training_data(self, model: str) -> dict[str, float]:
         """Datasets ``model`` was trained on, each with its largest share over training runs."""
         mixture: dict[str, float] = {}
         for run in self._trainings.get(model, ()):
@@ -361,7 +365,7 @@ class Lineage:
                 mixture[dataset] = max(share, mixture.get(dataset, 0.0))
         return mixture
 
-    def _bases(self, model: str) -> list[str]:
+    def bases(self, model: str) -> list[str]:
         """Models whose weights ``model`` started from: its ``parent`` and training ``base``s."""
         bases = {run.base for run in self._trainings.get(model, ())}
         info = self._models.get(model)
@@ -369,7 +373,7 @@ class Lineage:
             bases.add(info.parent)
         return sorted(bases)
 
-    def _generator(self, dataset: str) -> str | None:
+    def generator(self, dataset: str) -> str | None:
         """The model that wrote ``dataset``; None for human, unknown or unregistered data."""
         generator = self._datasets.get(dataset)
         if generator is None or self.is_human(generator):
@@ -381,9 +385,9 @@ class Lineage:
         cached = self._edge_lists.get(model)
         if cached is not None:
             return cached
-        edges = [_Edge(base, 1.0, _weights_steps(model, base)) for base in self._bases(model)]
-        for dataset, share in sorted(self._mixture(model).items()):
-            generator = self._generator(dataset)
+        edges = [_Edge(base, 1.0, _weights_steps(model, base)) for base in self.bases(model)]
+        for dataset, share in sorted(self.training_data(model).items()):
+            generator = self.generator(dataset)
             if generator is not None:
                 edges.append(_Edge(generator, share, _data_steps(model, dataset, share, generator)))
         self._edge_lists[model] = edges
@@ -464,7 +468,7 @@ class Lineage:
             value = getattr(info, label) if info is not None else None
             if isinstance(value, str) and value not in labels:
                 labels[value] = node
-            for base in self._bases(node):
+            for base in self.bases(node):
                 if base not in seen:
                     seen.add(base)
                     queue.append(base)

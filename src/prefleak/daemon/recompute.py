@@ -92,12 +92,12 @@ class Recomputer:
         from prefleak.diversity.report import build_analyzer, load_inputs
 
         try:
-            inputs, provenance = load_inputs(self._store, settings)
+            inputs, lineage = load_inputs(self._store, settings)
             if not inputs:
                 return  # no model to load and nothing to export before the first sample
             if self._analyzer is None:
                 self._analyzer = build_analyzer(settings)
-            report = self._analyzer.analyze(inputs, provenance)
+            report = self._analyzer.analyze(inputs, lineage)
         except Exception:
             self._metrics.recompute_errors.inc()
             log.exception("diversity recompute failed; the previous results stay exported")

@@ -70,8 +70,8 @@ def _cmd_diversity(args: argparse.Namespace) -> int:
         print(f"prefleak: {exc}", file=sys.stderr)
         return EXIT_FAILED
     with EventStore(args.db or default_db()) as store:
-        inputs, provenance = load_inputs(store, settings)
-    report = analyzer.analyze(inputs, provenance)
+        inputs, lineage = load_inputs(store, settings)
+    report = analyzer.analyze(inputs, lineage)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

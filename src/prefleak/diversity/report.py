@@ -21,13 +21,14 @@ from prefleak.config import DiversitySettings
 from prefleak.diversity.artifacts import Overlap, artifact_shares, overlap
 from prefleak.diversity.cache import RoundCache
 from prefleak.diversity.coverage import Coverage, coverage
+from prefleak.diversity.generations import Generation, chains, generations
 from prefleak.diversity.lexical import LexicalSample
-from prefleak.diversity.lineage import Generation, chains, generations
 from prefleak.diversity.resample import compare, estimate, estimates_json
 from prefleak.diversity.sample import WINDOW_S, Sample
 from prefleak.diversity.semantic import EmbeddedSample, ShiftTest, mmd_test
 from prefleak.diversity.vectors import TfIdf, Vectors
 from prefleak.embeddings import Embedder
+from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES, DatasetEvent
 from prefleak.stats.estimate import Estimate
 from prefleak.store import EventStore
@@ -210,8 +211,8 @@ def _iso(ts: float) -> str:
 
 def load_inputs(
     store: EventStore, settings: DiversitySettings
-) -> tuple[list[DatasetSamples], list[Any]]:
-    """Every sampled dataset's stored samples, and the provenance events, from the store."""
+) -> tuple[list[DatasetSamples], Lineage]:
+    """Every sampled dataset's stored samples, and the lineage, from the store."""
     provenance = list(store.events(PROVENANCE_TYPES))
     declared = {e.dataset: e for e in provenance if isinstance(e, DatasetEvent)}
     inputs = []
@@ -239,7 +240,7 @@ def load_inputs(
                 windows=tuple(windows),
             )
         )
-    return inputs, provenance
+    return inputs, Lineage.from_events(provenance)
 
 
 def _key(*parts: object) -> bytes:
@@ -259,10 +260,8 @@ class DiversityAnalyzer:
     embeddings_note: str | None = None
     _cache: RoundCache[bytes, Any] = field(default_factory=RoundCache)
 
-    def analyze(
-        self, inputs: Sequence[DatasetSamples], provenance: Sequence[object]
-    ) -> DiversityReport:
-        found = generations(provenance)
+    def analyze(self, inputs: Sequence[DatasetSamples], lineage: Lineage) -> DiversityReport:
+        found = generations(lineage)
         by_role: dict[str, list[DatasetSamples]] = {"training": [], "eval": [], "production": []}
         for item in inputs:
             by_role[item.role].append(item)

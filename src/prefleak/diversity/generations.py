@@ -1,18 +1,17 @@
 """Generations of synthetic data: which dataset was written by a model trained on which.
 
-A human-written dataset is generation 0. A dataset written by model M is one generation past the
-newest synthetic data in M's training (through its base weights and parents too), or generation 1
-when M saw none. Following each dataset back to that source gives chains, oldest first, so
-collapse across generations shows as a trend along a chain.
+A human-written dataset (no generator, or a person as generator) is generation 0. A dataset
+written by model M is one generation past the newest synthetic data in M's training (through its
+base weights and parents too), or generation 1 when M saw none. Following each dataset back to
+that source gives chains, oldest first, so collapse across generations shows as a trend along a
+chain.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prefleak.models.events import DatasetEvent, ModelEvent, TrainingEvent
+from prefleak.lineage import Lineage
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,39 +22,31 @@ class Generation:
     previous: str | None
 
 
-def generations(events: Iterable[object]) -> dict[str, Generation]:
-    """Generation of every dataset named by a ``dataset`` event; cycles are cut, never looped."""
-    writer: dict[str, str | None] = {}
-    parents: dict[str, list[str]] = defaultdict(list)
-    mixtures: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for event in events:
-        if isinstance(event, DatasetEvent):
-            writer[event.dataset] = event.generator
-        elif isinstance(event, ModelEvent) and event.parent:
-            parents[event.model].append(event.parent)
-        elif isinstance(event, TrainingEvent):
-            parents[event.model].append(event.base)
-            mixtures[event.model].extend((d.share, d.dataset) for d in event.datasets)
+def generations(lineage: Lineage) -> dict[str, Generation]:
+    """Generation of every registered dataset, read from the lineage's provenance graph (the one
+    place datasets, generators, training mixtures and base weights are folded); cycles are cut,
+    never looped."""
 
     def model_source(model: str, seen: frozenset[str]) -> tuple[int, float, str | None]:
         """Newest synthetic data behind a model: (its generation, share, dataset)."""
         best: tuple[int, float, str | None] = (0, 0.0, None)
-        for share, dataset in mixtures.get(model, ()):
+        for dataset, share in lineage.training_data(model).items():
             if dataset not in seen:
                 best = max(best, (dataset_generation(dataset, seen), share, dataset), key=_rank)
-        for parent in parents.get(model, ()):
+        for parent in lineage.bases(model):
             if parent not in seen:
                 best = max(best, model_source(parent, seen | {parent}), key=_rank)
         return best
 
     def dataset_generation(dataset: str, seen: frozenset[str]) -> int:
-        model = writer.get(dataset)
+        model = lineage.generator(dataset)
         if model is None or model in seen:
             return 0
         return model_source(model, seen | {dataset, model})[0] + 1
 
     result = {}
-    for dataset, model in writer.items():
+    for dataset in lineage.datasets():
+        model = lineage.generator(dataset)
         if model is None:
             result[dataset] = Generation(0, None)
             continue
