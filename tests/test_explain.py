@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -17,6 +18,7 @@ from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.stats.analysis import StatisticsOptions, analyse
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
+from prefleak.web.pages import explain_href
 from test_daemon import Daemon, _env, wait_for
 
 FAST = ("--bootstrap", "200", "--model-bootstrap", "50")
@@ -227,7 +229,7 @@ def test_without_cells_there_is_no_evidence_and_it_says_so(db: Path) -> None:
         cells = Cells.from_rows(store.verdict_rows())
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
     analysis = analyse(cells, lineage, StatisticsOptions(pls_bootstrap=100, model_bootstrap=20))
-    subject = parse_subject("gpt-4o,gemini-1.5-pro", None, None)
+    subject = parse_subject(["gpt-4o,gemini-1.5-pro"], None, None)
     doc = explain(analysis, None, lineage, subject)
     assert not doc["evidence"]["available"] and "verdict projection" in doc["evidence"]["note"]
     assert doc["rows"] and doc["relations"]
@@ -237,12 +239,30 @@ def test_without_cells_there_is_no_evidence_and_it_says_so(db: Path) -> None:
 
 
 def test_parse_subject() -> None:
-    assert parse_subject(" a , b ", None, None, "x") == Subject("judges", ("a", "b"), "x")
+    assert parse_subject([" a , b "], None, None, "x") == Subject("judges", ("a", "b"), "x")
+    # names with a comma come as two values (the parameter or --judges given twice)
+    assert parse_subject(["acme,v2", "b"], None, None) == Subject("judges", ("acme,v2", "b"))
     assert parse_subject(None, "j", None) == Subject("judge", ("j",))
     assert parse_subject(None, None, "c") == Subject("candidate", ("c",))
-    for bad in ((None, None, None), ("a,b", "j", None), ("a", None, None), (None, " ", None)):
+    for bad in (
+        (None, None, None), (["a,b"], "j", None), (["a"], None, None), (None, " ", None),
+        (["a", "b", "c"], None, None), (["a", "a"], None, None),
+        (["a", "b", ""], None, None), (["a,b,"], None, None), (["a", " "], None, None),
+    ):  # fmt: skip
         with pytest.raises(SubjectError):
             parse_subject(*bad)
+
+
+@pytest.mark.parametrize(
+    "names", [("gpt-4o", "gemini-1.5-pro"), ("acme,large", "gemini-1.5-pro"), ("a&b=c", "d,e")]
+)
+def test_web_links_name_any_judge_pair_the_server_can_parse(names: tuple[str, str]) -> None:
+    """The web view links pairs as judges=I,J, and as judges twice when a name has a comma."""
+    href = explain_href(judges=names, benchmark="mt,bench")
+    query = parse_qs(urlsplit(href).query)
+    assert parse_subject(query["judges"], None, None, query["benchmark"][-1]) == Subject(
+        "judges", names, "mt,bench"
+    )
 
 
 def test_get_v1_explain_answers_from_the_last_recompute(db: Path, tmp_path: Path) -> None:
@@ -263,6 +283,9 @@ def test_get_v1_explain_answers_from_the_last_recompute(db: Path, tmp_path: Path
             env=_env(), capture_output=True, text=True, timeout=120, check=True,
         )  # fmt: skip
         assert json.loads(cli.stdout)["evidence"] == doc["evidence"]
+        twice = "/v1/explain?judges=gpt-4o&judges=gemini-1.5-pro"  # as for names with commas
+        status, again = daemon.get_json(twice)
+        assert status == 200 and again["rows"] == doc["rows"] and again["subject"] == doc["subject"]
         status, doc = daemon.get_json("/v1/explain?judge=claude-3.5-sonnet")
         assert status == 200 and doc["verdict"]["status"] == "no_relation"
         status, error = daemon.get_json("/v1/explain?judge=a&candidate=b")

@@ -88,17 +88,26 @@ class Subject:
 
 
 def parse_subject(
-    judges: str | None, judge: str | None, candidate: str | None, benchmark: str | None = None
+    judges: Sequence[str] | None,
+    judge: str | None,
+    candidate: str | None,
+    benchmark: str | None = None,
 ) -> Subject:
-    """The subject from ``judges=I,J``, ``judge=J`` or ``candidate=C`` (exactly one given)."""
+    """The subject from ``judges`` (``["I,J"]``, or ``["I", "J"]`` where a name has a comma),
+    ``judge=J`` or ``candidate=C`` (exactly one given)."""
     given = [value for value in (judges, judge, candidate) if value is not None]
     if len(given) != 1:
         raise SubjectError("give exactly one subject: judges (I,J), judge (J) or candidate (C)")
     bench = benchmark.strip() if benchmark else None
     if judges is not None:
-        names = tuple(name.strip() for name in judges.split(",") if name.strip())
-        if len(names) != 2 or names[0] == names[1]:
-            raise SubjectError(f"judges needs two different names, as I,J, not {judges!r}")
+        parts = judges[0].split(",") if len(judges) == 1 else judges
+        names = tuple(name.strip() for name in parts)
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            shown = ",".join(judges) if len(judges) == 1 else list(judges)
+            raise SubjectError(
+                f"judges needs two different names, as I,J (or judges given twice when a name"
+                f" has a comma), not {shown!r}"
+            )
         return Subject("judges", names, bench)
     name = (judge if judge is not None else candidate or "").strip()
     if not name:

@@ -289,7 +289,12 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_db_option(parser)
-    parser.add_argument("--judges", metavar="I,J", help="a judge pair")
+    parser.add_argument(
+        "--judges",
+        metavar="I,J",
+        action="append",
+        help="a judge pair; give --judges twice (--judges I --judges J) when a name has a comma",
+    )
     parser.add_argument("--judge", metavar="J", help="one judge, against every other judge")
     parser.add_argument("--candidate", metavar="C", help="one candidate (student)")
     parser.add_argument("--top", type=int, default=10, help="prompts of evidence per PLS row")

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
@@ -63,7 +63,7 @@ class Api(Protocol):
         """The ``prefleak.check/1`` answer; raises CheckRequestError for a bad body."""
         ...
 
-    def explain(self, query: dict[str, str]) -> dict[str, Any] | None:
+    def explain(self, query: Mapping[str, Sequence[str]]) -> dict[str, Any] | None:
         """The ``prefleak.explain/1`` answer of the last recompute (None: none yet); raises
         SubjectError for a bad query."""
         ...
@@ -178,9 +178,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_TRACE = do_CONNECT = do_QUERY = _dispatch
     """Methods no route has are answered 405 or 404 like any other miss, not with a 501 page."""
 
-    def _query(self) -> dict[str, str]:
-        """The query parameters, the last value of each."""
-        return {key: values[-1] for key, values in parse_qs(urlsplit(self.path).query).items()}
+    def _query(self) -> dict[str, list[str]]:
+        """The query parameters, every value of each in order, blank ones too (``judges`` may come
+        twice; ``judges=`` is a value, and a wrong one)."""
+        return parse_qs(urlsplit(self.path).query, keep_blank_values=True)
 
     # -- GET: probes, metrics, the JSON API ------------------------------------------------------
 

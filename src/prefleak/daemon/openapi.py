@@ -368,9 +368,19 @@ def _snapshot(
 
 
 _SUBJECT = [
+    {
+        "name": "judges",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "array", "items": STRING, "minItems": 1, "maxItems": 2},
+        "style": "form",
+        "explode": True,
+        "description": "a judge pair, as I,J; or the parameter twice, I then J, when a name has"
+        " a comma",
+    }
+] + [
     {"name": name, "in": "query", "required": False, "schema": STRING, "description": text}
     for name, text in (
-        ("judges", "a judge pair, as I,J"),
         ("judge", "one judge"),
         ("candidate", "one candidate (student)"),
         ("benchmark", "only this benchmark"),

@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -238,11 +238,17 @@ class Service:
         result = check(lineage, request.judges, request.candidates)
         return result.to_json(request.min_severity)
 
-    def explain(self, query: dict[str, str]) -> dict[str, Any] | None:
+    def explain(self, query: Mapping[str, Sequence[str]]) -> dict[str, Any] | None:
         """``GET /v1/explain``: as ``prefleak explain --json``, on the last recompute's analysis
-        and cells; the lineage is read as :meth:`check` reads it."""
+        and cells; the lineage is read as :meth:`check` reads it. Of a parameter given more than
+        once the last value counts, but ``judges``, which may name the pair in two values."""
+
+        def last(name: str) -> str | None:
+            values = query.get(name)
+            return values[-1] if values else None
+
         subject = parse_subject(
-            query.get("judges"), query.get("judge"), query.get("candidate"), query.get("benchmark")
+            query.get("judges"), last("judge"), last("candidate"), last("benchmark")
         )
         snapshot = self.snapshot()
         if snapshot is None:

@@ -43,8 +43,18 @@ def script_json(document: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def explain_href(**query: str) -> str:
-    """The explain page of one subject (``judges="I,J"``, ``judge=J`` or ``candidate=C``)."""
+def explain_href(
+    *, judges: Sequence[str] = (), judge: str = "", candidate: str = "", benchmark: str = ""
+) -> str:
+    """The explain page of one subject: a judge pair, a judge or a candidate (and a benchmark).
+
+    A pair is ``judges=I,J``, or ``judges`` twice when a name has a comma."""
+    query: list[tuple[str, str]] = []
+    if judges:
+        together = not any("," in name for name in judges)
+        query += [("judges", ",".join(judges))] if together else [("judges", n) for n in judges]
+    query += [(k, v) for k, v in (("judge", judge), ("candidate", candidate)) if v]
+    query += [("benchmark", benchmark)] if benchmark else []
     return "/explain?" + urlencode(query)
 
 
@@ -179,7 +189,7 @@ def _pls_section(rows: list[dict[str, Any]]) -> str:
     found = sum(row["significant"] for row in rows)
     lines = []
     for row in sorted(rows, key=_q_order):
-        pair = f"{row['judge_i']},{row['judge_j']}"
+        pair = (row["judge_i"], row["judge_j"])
         lines.append((row["significant"], (
             esc(row["benchmark"]),
             _link(f"{row['judge_i']} vs {row['judge_j']}", explain_href(judges=pair)),
@@ -219,7 +229,7 @@ def _change_subject_link(change: dict[str, Any]) -> str:
     labels = {k: v for k, v in change.items() if k not in _CHANGE_FIELDS and v is not None}
     text = ", ".join(f"{k}={v}" for k, v in labels.items())
     if "judge_i" in labels and "judge_j" in labels:
-        return _link(text, explain_href(judges=f"{labels['judge_i']},{labels['judge_j']}"))
+        return _link(text, explain_href(judges=(labels["judge_i"], labels["judge_j"])))
     if "judge" in labels:
         return _link(text, explain_href(judge=labels["judge"]))
     return esc(text)
@@ -329,7 +339,7 @@ def explain_page(document: dict[str, Any]) -> str:
     body = (
         f"<h1>Explain {esc(title)}</h1>"
         f"<p class=meta>Computed at {esc(document['generated_at'])}. "
-        f'<a href="{esc("/v1" + explain_href(**_query(document["subject"])))}">JSON</a></p>'
+        f'<a href="{esc("/v1" + _subject_href(document["subject"]))}">JSON</a></p>'
         f'<p class="verdict {esc(verdict["status"])}"><strong>{esc(verdict["status"])}'
         f"</strong>: {esc(verdict['summary'])}</p>"
         "<section><h2>Since when: PLS and leakage per window</h2>"
@@ -346,11 +356,12 @@ def explain_page(document: dict[str, Any]) -> str:
     return _page(f"explain {title}", body, document)
 
 
-def _query(subject: dict[str, Any]) -> dict[str, str]:
-    query = {subject["kind"]: ",".join(subject["names"])}
-    if subject["benchmark"]:
-        query["benchmark"] = subject["benchmark"]
-    return query
+def _subject_href(subject: dict[str, Any]) -> str:
+    """The explain page of an explain document's subject."""
+    names, benchmark = subject["names"], subject["benchmark"] or ""
+    if subject["kind"] == "judges":
+        return explain_href(judges=names, benchmark=benchmark)
+    return explain_href(**{subject["kind"]: names[0]}, benchmark=benchmark)
 
 
 def _relations_table(relations: list[dict[str, Any]]) -> str:
