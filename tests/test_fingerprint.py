@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,11 +268,14 @@ class _View:
         return 0
 
 
-def _recomputer(path: Path, reader: EventStore) -> tuple[Recomputer, Metrics]:
+def _recomputer(
+    path: Path, reader: EventStore, interval_s: float = 30.0
+) -> tuple[Recomputer, Metrics]:
     fingerprint = {"max_texts": 200, "folds": 4, "resamples": 200}
     settings = load_settings(
         overrides={"db": str(path), "diversity": {"enabled": False}, "pls": {"bootstrap": 50},
-                   "statistics": {"model_bootstrap": 0}, "fingerprint": fingerprint}
+                   "statistics": {"model_bootstrap": 0}, "fingerprint": fingerprint,
+                   "recompute": {"interval_s": interval_s}}
     )  # fmt: skip
     view = _View()
     metrics = Metrics(view, settings.metrics, [])
@@ -285,8 +289,12 @@ def test_serve_infers_records_and_exports_in_its_recompute(tmp_path: Path) -> No
         _append(store, _events())
     with EventStore(path) as reader:
         recomputer, metrics = _recomputer(path, reader)
-        recomputer.once()  # the PLS snapshot, then the fingerprint records the inference
-        recomputer.once()  # the next recompute's lineage has it; the fingerprint is not due yet
+        recomputer.once()  # the PLS snapshot
+        recomputer.slow_once()  # the fingerprint records the inference
+        recomputer.once()  # the next recompute's lineage has it
+        recomputer.slow_once()  # the fingerprint is not due yet: nothing recorded twice
+        latest = recomputer.latest
+        assert latest is not None and latest.fingerprint is not None  # kept across snapshots
     text = generate_latest(metrics.registry).decode()
     assert 'prefleak_events_ingested_total{outcome="accepted",source="fingerprint"} 1.0' in text
     assert 'prefleak_inferred_relations{kind="inheritance"} 1.0' in text
@@ -296,6 +304,60 @@ def test_serve_infers_records_and_exports_in_its_recompute(tmp_path: Path) -> No
     assert "prefleak_recompute_errors_total 0.0" in text
     with EventStore(path) as store:
         assert store.event_counts()["relation"] == 1
+
+
+def test_a_slow_fingerprint_never_delays_the_pls_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slow steps have a thread of their own: while the fingerprint trains, snapshots go on."""
+    import prefleak.fingerprint
+
+    path = tmp_path / "serve.db"
+    with EventStore(path) as store:
+        _append(store, _events())
+    training, release = threading.Event(), threading.Event()
+    learn = prefleak.fingerprint.fingerprint
+
+    def slow_fingerprint(*args: Any, **kwargs: Any) -> Any:
+        training.set()
+        assert release.wait(60), "the test never released the fingerprint"
+        return learn(*args, **kwargs)
+
+    monkeypatch.setattr(prefleak.fingerprint, "fingerprint", slow_fingerprint)
+    stop = threading.Event()
+    with EventStore(path) as reader:
+        recomputer, _ = _recomputer(path, reader, interval_s=0.05)
+        threads = [
+            threading.Thread(target=run, args=(stop,), daemon=True)
+            for run in (recomputer.run, recomputer.run_slow)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            assert training.wait(60)
+            seen = set()
+            deadline = time.monotonic() + 60
+            while len(seen) < 3 and time.monotonic() < deadline:
+                latest = recomputer.latest
+                if latest is not None:
+                    assert latest.fingerprint is None  # still training
+                    seen.add(latest.finished_at)
+                time.sleep(0.01)
+            assert len(seen) >= 3, "PLS snapshots stopped while the fingerprint trained"
+            release.set()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                latest = recomputer.latest
+                if latest is not None and latest.fingerprint is not None:
+                    break
+                time.sleep(0.01)
+            assert latest is not None and latest.fingerprint is not None
+            assert latest.fingerprint.separability is not None
+        finally:
+            release.set()
+            stop.set()
+            for thread in threads:
+                thread.join(30)
 
 
 def test_serve_runs_on_without_the_probe_extra(
@@ -308,6 +370,7 @@ def test_serve_runs_on_without_the_probe_extra(
     with EventStore(path) as reader:
         recomputer, metrics = _recomputer(path, reader)
         recomputer.once()
+        recomputer.slow_once()
     latest = recomputer.latest
     assert latest is not None and latest.fingerprint is not None
     assert latest.fingerprint.separability is None

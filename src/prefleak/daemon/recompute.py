@@ -2,7 +2,9 @@
 
 It reads through its own connection, so the bootstrap never holds the writers' lock, and it
 publishes one immutable :class:`~prefleak.daemon.metrics.Snapshot` that scrapes and the JSON API
-read without touching the database.
+read without touching the database. The slow steps (the diversity report, which embeds texts, and
+the style fingerprint, which trains a classifier) run in a thread of their own with a connection
+of their own, so they never delay the next PLS snapshot.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from prefleak.fingerprint import FingerprintReport
 
 log = logging.getLogger(__name__)
+
+SLOW_TICK_S = 1.0
+"""How often the slow thread looks whether the diversity report or the fingerprint is due."""
 
 
 class Recomputer:
@@ -58,13 +63,28 @@ class Recomputer:
         with self._lock:
             return self._latest
 
+    @property
+    def has_slow_steps(self) -> bool:
+        """Whether diversity or the fingerprint is enabled (:meth:`run_slow` has work)."""
+        return self._settings.diversity.enabled or self._settings.fingerprint.enabled
+
     def run(self, stop: threading.Event) -> None:
         """Recompute now, then every interval until ``stop``; failures are counted, not raised."""
         while not stop.is_set():
             self.once()
             stop.wait(self._settings.recompute.interval_s)
 
+    def run_slow(self, stop: threading.Event) -> None:
+        """The diversity report and the fingerprint, each when due, until ``stop``: beside
+        :meth:`run`, through a connection of this thread's own (the fingerprint writes through
+        it)."""
+        with EventStore(self._settings.db) as store:
+            while not stop.is_set():
+                self.slow_once(store)
+                stop.wait(SLOW_TICK_S)
+
     def once(self) -> None:
+        """One PLS recompute, published as the latest snapshot (with the latest slow results)."""
         started = time.monotonic()
         try:
             snapshot = self._compute(started)
@@ -73,17 +93,22 @@ class Recomputer:
             log.exception("recompute failed; the previous results stay exported")
             return
         self._metrics.recompute_duration.observe(snapshot.duration_s)
-        with self._lock:
-            self._latest = snapshot
+        with self._lock:  # under the lock the slow steps publish with: neither result is lost
+            self._latest = replace(
+                snapshot, diversity=self._diversity, fingerprint=self._fingerprint
+            )
         log.debug("recompute took %.3f s: %d PLS rows", snapshot.duration_s, len(snapshot.pls))
-        self._refresh_diversity()
-        self._refresh_fingerprint()
 
-    def _refresh_diversity(self) -> None:
-        """Every ``diversity.interval_s``, after the PLS snapshot is out (it never waits on this).
+    def slow_once(self, store: EventStore | None = None) -> None:
+        """The diversity report and the fingerprint, those that are due, read from ``store``
+        (default: the recompute's own connection)."""
+        store = store or self._store
+        self._refresh_diversity(store)
+        self._refresh_fingerprint(store)
 
-        The first call loads the embedding model, which takes seconds; later calls only measure
-        samples that changed.
+    def _refresh_diversity(self, store: EventStore) -> None:
+        """Every ``diversity.interval_s``. The first call loads the embedding model, which takes
+        seconds; later calls only measure samples that changed.
         """
         settings = self._settings.diversity
         if not settings.enabled or time.monotonic() < self._diversity_due:
@@ -92,7 +117,7 @@ class Recomputer:
         from prefleak.diversity.report import build_analyzer, load_inputs
 
         try:
-            inputs, lineage = load_inputs(self._store, settings)
+            inputs, lineage = load_inputs(store, settings)
             if not inputs:
                 return  # no model to load and nothing to export before the first sample
             if self._analyzer is None:
@@ -108,11 +133,11 @@ class Recomputer:
                 self._latest = replace(self._latest, diversity=report)
         log.debug("diversity report: %d datasets", len(report.datasets))
 
-    def _refresh_fingerprint(self) -> None:
-        """Every ``fingerprint.interval_s``, after the PLS snapshot: learn the generators' styles,
-        profile the candidates and, with ``fingerprint.record``, append the inferred relations as
-        events (through this reader's connection; SQLite serialises it with the writer), so the
-        next recompute's lineage has them and a replay rebuilds them.
+    def _refresh_fingerprint(self, store: EventStore) -> None:
+        """Every ``fingerprint.interval_s``: learn the generators' styles, profile the candidates
+        and, with ``fingerprint.record``, append the inferred relations as events (through
+        ``store``; SQLite serialises it with the writer), so the next recompute's lineage has them
+        and a replay rebuilds them.
 
         Without the probe extra the report carries that note and the service runs on.
         """
@@ -130,10 +155,10 @@ class Recomputer:
         )
 
         try:
-            inputs, lineage = load_inputs(self._store, settings)
+            inputs, lineage = load_inputs(store, settings)
             report = fingerprint(inputs, lineage, settings)
             if settings.record and report.events():
-                self._metrics.record(SOURCE, record(self._store, report))
+                self._metrics.record(SOURCE, record(store, report))
         except FingerprintUnavailable as exc:
             if self._fingerprint is None:
                 log.warning("fingerprint step skipped: %s", exc)
@@ -221,8 +246,6 @@ class Recomputer:
             events=events,
             dead_letters=dead_letters,
             newest_event_ts=newest_event,
-            diversity=self._diversity,
-            fingerprint=self._fingerprint,
             inferred_relations=dict(inferred),
             analysis=analysis,
             cells=cells,

@@ -317,6 +317,8 @@ class Service:
             signal.signal(sig, self._on_signal)
         self._start("http", lambda _stop: self.server.serve_forever(poll_interval=0.2))
         self._start("recompute", self.recomputer.run)
+        if self.recomputer.has_slow_steps:
+            self._start("slow-recompute", self.recomputer.run_slow)
         for name, source in self._sources.items():
             self._start(name, source.run)
         if self._probes is not None:
