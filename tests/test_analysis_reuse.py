@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from prefleak.config import load_settings
-from prefleak.daemon.metrics import Metrics
+from prefleak.daemon.metrics import Metrics, verdict_series
 from prefleak.daemon.recompute import Recomputer, statistics_options
 from prefleak.ingest import Ingestor
 from prefleak.lineage import Lineage
@@ -161,4 +161,14 @@ def test_the_service_keeps_its_cells_and_reads_only_the_hours_that_changed(
             kept = recomputer._kept_cells
             assert kept is not None
             assert _canonical(kept) == _canonical(read)
+            # what the snapshot tallies without scanning the store equals a scan of it
+            latest = recomputer.latest
+            assert latest is not None
+            assert latest.events == store.event_counts()
+            assert latest.newest_event_ts == store.newest_event_ts()
+            lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
+            scanned, _ = verdict_series(store.verdict_totals(), lineage, settings.metrics)
+            assert list(latest.verdicts) == scanned
+            recomputer.once()  # nothing new: the same again
+            assert recomputer.latest is not None and recomputer.latest.verdicts == latest.verdicts
         assert len(read) < len(list(store.verdict_rows()))  # some days were left out

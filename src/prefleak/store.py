@@ -13,6 +13,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -473,6 +474,27 @@ class StoreWriteError(StoreError):
         )
 
 
+VerdictTotal = tuple[str, str, str, str, int, int, int]
+"""(benchmark, judge, model_lo, model_hi, lo wins, hi wins, verdicts): see
+:meth:`EventStore.verdict_totals`."""
+
+
+@dataclass(frozen=True)
+class LogTally:
+    """Events of the log up to position ``seq``: how many of each type, and the newest time."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    newest_ts: float | None = None
+    seq: int = 0
+
+    def __add__(self, later: LogTally) -> LogTally:
+        """This tally followed by one of the events after it."""
+        counts = Counter(self.counts)
+        counts.update(later.counts)
+        times = [ts for ts in (self.newest_ts, later.newest_ts) if ts is not None]
+        return LogTally(dict(sorted(counts.items())), max(times, default=None), later.seq)
+
+
 class EventStore:
     """SQLite event log with its projections; one writer, any number of readers."""
 
@@ -704,17 +726,32 @@ class EventStore:
         rows = self.verdict_rows(benchmark, since=since, windows=windows)
         return [VerdictCounts._make(row) for row in rows]
 
-    def verdict_totals(self) -> list[tuple[str, str, str, str, int, int, int]]:
+    def verdict_totals(self, before: int | None = None) -> list[VerdictTotal]:
         """Every verdict ever stored, per (benchmark, judge, model_lo, model_hi): lo wins, hi
-        wins and verdicts (every game counted), summed over all windows by SQLite."""
+        wins and verdicts (every game counted), summed over all windows by SQLite; with
+        ``before``, over the projection windows that start before it only."""
+        where, params = ("WHERE window_start < ?", (before,)) if before is not None else ("", ())
         return self._db.execute(
             "SELECT benchmark, judge, model_lo, model_hi,"
             " sum(lo_wins + game1_lo_wins + game2_lo_wins),"
             " sum(hi_wins + game1_hi_wins + game2_hi_wins),"
             " sum(lo_wins + hi_wins + ties + game1_lo_wins + game1_hi_wins + game1_ties"
-            " + game2_lo_wins + game2_hi_wins + game2_ties)"
-            " FROM verdict_counts GROUP BY benchmark, judge, model_lo, model_hi"
+            f" + game2_lo_wins + game2_hi_wins + game2_ties) FROM verdict_counts {where}"
+            " GROUP BY benchmark, judge, model_lo, model_hi",
+            params,
         ).fetchall()
+
+    def log_tally(self, after: int = 0) -> LogTally:
+        """The events stored after log position ``after``, tallied: what a reader that tallied
+        the log up to ``after`` adds to stay current without scanning the whole log again (the
+        log only grows; compaction drops bodies, never rows)."""
+        newest = max(after, self.last_seq())  # first: a later write is left for the next call
+        rows = self._db.execute(
+            "SELECT type, count(*), max(ts) FROM events WHERE seq > ? AND seq <= ? GROUP BY type",
+            (after, newest),
+        ).fetchall()
+        newest_ts = max((float(ts) for _, _, ts in rows), default=None)
+        return LogTally({kind: int(n) for kind, n, _ in rows}, newest_ts, newest)
 
     def last_seq(self) -> int:
         """Log position of the newest stored event (0 for an empty log)."""

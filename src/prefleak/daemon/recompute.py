@@ -24,7 +24,7 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.stats.analysis import StatisticsOptions, WindowResult, analyse
 from prefleak.stats.cells import Cells
-from prefleak.store import EventStore, projection_window
+from prefleak.store import EventStore, LogTally, VerdictTotal, projection_window
 
 if TYPE_CHECKING:
     from prefleak.diversity.report import DiversityAnalyzer, DiversityReport
@@ -55,6 +55,10 @@ class Recomputer:
         """Log position the last analysis had seen; None before the first."""
         self._kept_cells: Cells | None = None
         """The cells of the last recompute (bounded by the kept windows)."""
+        self._tally = LogTally()
+        """Events by type and the newest event time, read up to ``_tally.seq``."""
+        self._older_totals: tuple[int, list[VerdictTotal]] | None = None
+        """Verdict totals of the projection windows before the kept ones, and where they end."""
         self._provenance_seen = -1
 
     @property
@@ -220,12 +224,27 @@ class Recomputer:
         windows = previous.analysis.windows
         return {start: result for start, result in windows.items() if start not in touched}
 
+    def _verdict_totals(
+        self, cells: Cells, since: float | None, changed: set[int] | None
+    ) -> list[VerdictTotal]:
+        """Every verdict ever stored, per pair: the kept cells' sums, plus those of the older
+        projection windows, which SQLite sums again only when the kept range moves on (once a
+        window) or a late verdict lands before it; summing every window on every recompute cost
+        more than the statistics at a million verdicts."""
+        if since is None:
+            return cells.totals()
+        first = projection_window(since)
+        older = self._older_totals
+        if older is None or older[0] != first or changed is None or any(h < first for h in changed):
+            older = self._older_totals = (first, self._store.verdict_totals(before=first))
+        return older[1] + cells.totals()
+
     def _compute(self, started: float) -> Snapshot:
         store = self._store
         options = statistics_options(self._settings)
-        events = store.event_counts()
+        self._tally = tally = self._tally + store.log_tally(self._tally.seq)
         changed = self._changes()
-        reuse = self._reusable(options, events, changed)
+        reuse = self._reusable(options, tally.counts, changed)
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
         cells = self._cells(since, changed)
@@ -233,19 +252,21 @@ class Recomputer:
         analysis = analyse(cells, lineage, options, reuse=reuse)
         table = [scored.row for scored in analysis.pls if scored.slice == "horizon"]
         verdicts, self._named = verdict_series(
-            store.verdict_totals(), lineage, self._settings.metrics, self._named
+            self._verdict_totals(cells, since, changed),
+            lineage,
+            self._settings.metrics,
+            self._named,
         )
         inferred = Counter(r.kind.value for r in lineage.inferred_pairs().values())
         dead_letters = store.rejected_count()
-        newest_event = store.newest_event_ts()
         return Snapshot(
             finished_at=time.time(),
             duration_s=time.monotonic() - started,
             pls=tuple(table),
             verdicts=tuple(verdicts),
-            events=events,
+            events=tally.counts,
             dead_letters=dead_letters,
-            newest_event_ts=newest_event,
+            newest_event_ts=tally.newest_ts,
             inferred_relations=dict(inferred),
             analysis=analysis,
             cells=cells,

@@ -218,6 +218,25 @@ class Cells:
         columns["prompt_keys"] = np.array([keys[n] for n in columns["prompts"]], dtype=np.uint64)
         return cls(**columns)
 
+    def totals(self) -> list[tuple[str, str, str, str, int, int, int]]:
+        """Per (benchmark, judge, lo, hi): lo wins, hi wins and verdicts, every game counted, as
+        :meth:`~prefleak.store.EventStore.verdict_totals` sums them over the same rows."""
+        key = composite_key([self.benchmark, self.judge, self.lo, self.hi])
+        _, first, group = np.unique(key, return_index=True, return_inverse=True)
+        sums = np.stack(
+            [np.bincount(group, weights=self.verdicts[:, k], minlength=first.size) for k in (0, 1)]
+            + [np.bincount(group, weights=self.verdicts.sum(axis=1), minlength=first.size)],
+            axis=1,
+        ).astype(np.int64)
+        models, benchmarks = self.models, self.benchmarks
+        return [
+            (benchmarks[b], models[j], models[lo], models[hi], int(w_lo), int(w_hi), int(n))
+            for b, j, lo, hi, (w_lo, w_hi, n) in zip(
+                self.benchmark[first].tolist(), self.judge[first].tolist(),
+                self.lo[first].tolist(), self.hi[first].tolist(), sums.tolist(), strict=True,
+            )
+        ]  # fmt: skip
+
     def model_code(self, name: str) -> int | None:
         """Code of a judge or candidate, None when no cell names it."""
         try:
