@@ -32,7 +32,9 @@ noise of the shared machine):
 * full recompute = *read* (``Cells.from_rows(store.verdict_rows())`` plus the lineage from the
   provenance events) + *analyse* (``analyse(cells, lineage, StatisticsOptions())``, the defaults:
   1-day windows, a 7-day horizon, 200 model and 1,000 PLS resamples);
-* after 10,000 more verdicts in the newest day, in rounds so that all see the same load: (i) the
+* after 10,000 more verdicts in the newest day (new ones in every round), in rounds so that all
+  see the same load: (iii) what ``prefleak serve`` does, its :class:`Recomputer` (started fresh
+  each round, so its first recompute reads everything) recomputing after the new verdicts; (i) the
   full path again, the figure every ratio is of; (ii) the parts an incremental path would need
   with today's API: ``verdict_windows_since(seq)``, reading only the changed projection windows
   into Cells, ``analyse`` of those cells alone, and the newest window's part of (i)'s window
@@ -79,10 +81,13 @@ import numpy.typing as npt
 import orjson
 
 import prefleak.stats.analysis as analysis_module
+from prefleak.config import load_settings
+from prefleak.daemon.metrics import Detached, Metrics
+from prefleak.daemon.recompute import Recomputer, statistics_options
 from prefleak.ingest import Ingestor
 from prefleak.lineage import Lineage, RelationKind
 from prefleak.models.events import PROVENANCE_TYPES, parse_object
-from prefleak.stats.analysis import Analysis, StatisticsOptions, WindowResult, analyse
+from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse
 from prefleak.stats.cells import Cells
 from prefleak.store import AppendResult, EventStore
 
@@ -708,18 +713,32 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
 
     day = START + (args.days - 1) * 86_400
     prefix = f"inc{args.seed}-{time.time_ns()}-"  # new ids even on a reused store
-    lines = verdict_lines(world, INCREMENT, day, day + 86_400, args.seed + 1, prefix)
-    seconds = ingest(store, lines, INCREMENT, "increment")
-    print(
-        f"\nincremental: +{INCREMENT:,} verdicts in the newest day "
-        f"(ingested in {seconds:.2f} s; not a measured figure), best of {args.repeat}:"
-    )
+    settings = load_settings(
+        overrides={"db": str(store.path), "diversity": {"enabled": False},
+                   "fingerprint": {"enabled": False}}
+    )  # fmt: skip
+    assert statistics_options(settings) == options, "serve's defaults are the bench's options"
     # Interleaved, so that the full path and the parts see the same load of the shared machine.
-    rerun, again, service = Timing([]), Timing([]), Timing([])
+    rerun, again, first_service, service = Timing([]), Timing([]), Timing([]), Timing([])
     since, reading, part_analysis, series = Timing([]), Timing([]), Timing([]), Timing([])
     spans = Spans(options.window_s)
     steps: list[tuple[str, int | None, float]] = []
-    for _ in range(args.repeat):
+    print(
+        f"\nincremental: +{INCREMENT:,} verdicts in the newest day, again in every round "
+        f"(new ids), best of {args.repeat}:"
+    )
+    for round_ in range(args.repeat):
+        recomputer = Recomputer(store, settings, Metrics(Detached(), settings.metrics, []))
+        clock(first_service, recomputer.once)  # serve's first recompute reads every kept cell
+        seq = store.last_seq()
+        lines = verdict_lines(
+            world, INCREMENT, day, day + 86_400, args.seed + 1 + round_, f"{prefix}{round_}-"
+        )
+        ingest(store, lines, INCREMENT, "increment")
+        clock(service, recomputer.once)
+        latest = recomputer.latest
+        if latest is None or latest.events.get("verdict", 0) != store.event_counts()["verdict"]:
+            raise SystemExit("the service's recompute failed or missed the new verdicts")
         spans.calls = []
         with spans.installed():
             once = full_recompute(store, options, 1)
@@ -731,16 +750,14 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
         changed, _ = clock(since, store.verdict_windows_since, seq)
         part = clock(reading, read_windows, store, changed)
         clock(part_analysis, analyse, part, lineage, options)
-        touched = {hour // options.window_s * options.window_s for hour in changed}
-        reuse = {w: r for w, r in full.analysis.windows.items() if w not in touched}
-        clock(service, _service_recompute, store, options, reuse, cells, changed)
     best = rerun.best
     print(
         f"  (i) full path again: the full recompute of the ratios (before: {full.total.best:.3f} s)"
     )
     print(line("      read + analyse", rerun))
     print(line("      of which analyse", again, best))
-    label = "  (iii) what serve does now: kept cells + changed hours + analyse(reuse=)"
+    print(line("  serve's first recompute (Recomputer.once: reads every kept cell)", first_service))
+    label = "  (iii) serve's next recompute (Recomputer.once after the new verdicts)"
     print(line(label, service, best, _target(service, best)))
     print(
         f"  (ii) parts of an incremental path ({len(changed)} changed hour windows, "
@@ -765,22 +782,6 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
 
     print("\ncProfile of one full analyse (profiling overhead included; read shares):")
     print(profile(cells, lineage, options))
-
-
-def _service_recompute(
-    store: EventStore,
-    options: StatisticsOptions,
-    reuse: dict[int, WindowResult],
-    kept: Cells,
-    changed: set[int],
-) -> Analysis:
-    """The service's recompute after new verdicts: the cells of the last recompute with the
-    changed hours read again (``Recomputer._cells``), the lineage, and the windows no new
-    verdict touched taken from the previous analysis (``Recomputer._reusable``)."""
-    stays = ~np.isin(kept.window, list(changed))
-    cells = Cells.concat([kept.select(stays), read_windows(store, changed)])
-    lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-    return analyse(cells, lineage, options, reuse=reuse)
 
 
 def _target(timing: Timing, full: float) -> str:

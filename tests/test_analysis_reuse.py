@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from prefleak.config import load_settings
-from prefleak.daemon.metrics import Metrics, verdict_series
+from prefleak.daemon.metrics import Detached, Metrics, verdict_series
 from prefleak.daemon.recompute import Recomputer, statistics_options
 from prefleak.ingest import Ingestor
 from prefleak.lineage import Lineage
@@ -49,19 +49,6 @@ def test_reusing_untouched_windows_gives_the_fresh_answer(tmp_path: Path) -> Non
     assert np.isfinite([r.log_odds for r in fresh.leakage]).all()
 
 
-class _NoService:
-    """The metrics' view of a service that has no sources: enough for a Recomputer."""
-
-    def snapshot(self) -> None:
-        return None
-
-    def sources_up(self) -> dict[str, bool]:
-        return {}
-
-    def consumer_lag(self) -> dict[tuple[str, int], int]:
-        return {}
-
-
 def test_the_service_reuses_windows_and_agrees_with_a_fresh_recompute(tmp_path: Path) -> None:
     """Two recomputes with a new day in between: the second reuses the untouched windows and
     reports what a recompute from scratch reports."""
@@ -72,7 +59,7 @@ def test_the_service_reuses_windows_and_agrees_with_a_fresh_recompute(tmp_path: 
                    "pls": {"bootstrap": 200}, "statistics": {"model_bootstrap": 100}}
     )  # fmt: skip
     with EventStore(settings.db) as store:
-        recomputer = Recomputer(store, settings, Metrics(_NoService(), settings.metrics, []))
+        recomputer = Recomputer(store, settings, Metrics(Detached(), settings.metrics, []))
         cut = len(lines) * 2 // 3
         Ingestor(store).ingest_lines(lines[:cut], source="sim")
         recomputer.once()
@@ -150,7 +137,7 @@ def test_the_service_keeps_its_cells_and_reads_only_the_hours_that_changed(
                                   "max_windows": 3}}
     )  # fmt: skip
     with EventStore(settings.db) as store:
-        recomputer = Recomputer(store, settings, Metrics(_NoService(), settings.metrics, []))
+        recomputer = Recomputer(store, settings, Metrics(Detached(), settings.metrics, []))
         options = statistics_options(settings)
         for batch in batches:
             Ingestor(store).ingest_lines([json.dumps(e).encode() for e in batch], source="sim")

@@ -23,7 +23,7 @@ from diversity_data import alpaca
 from prefleak.check import check
 from prefleak.cli import main
 from prefleak.config import FingerprintSettings, load_settings
-from prefleak.daemon.metrics import Metrics, Snapshot
+from prefleak.daemon.metrics import Detached, Metrics, Snapshot
 from prefleak.daemon.recompute import Recomputer
 from prefleak.fingerprint import (
     FingerprintReport,
@@ -249,7 +249,7 @@ def test_without_scikit_learn_the_step_says_so(monkeypatch: pytest.MonkeyPatch) 
         train(texts, SETTINGS)
 
 
-class _View:
+class _View(Detached):
     """The metrics' view of a service without sources, showing the recomputer's snapshot."""
 
     def __init__(self) -> None:
@@ -258,14 +258,13 @@ class _View:
     def snapshot(self) -> Snapshot | None:
         return None if self.recomputer is None else self.recomputer.latest
 
-    def sources_up(self) -> dict[str, bool]:
-        return {}
 
-    def consumer_lag(self) -> dict[tuple[str, int], int]:
-        return {}
-
-    def store_write_failures(self) -> int:
-        return 0
+def _stored(tmp_path: Path) -> Path:
+    """A store holding the generators' samples and the candidates' answers."""
+    path = tmp_path / "serve.db"
+    with EventStore(path) as store:
+        _append(store, _events())
+    return path
 
 
 def _recomputer(
@@ -284,9 +283,7 @@ def _recomputer(
 
 
 def test_serve_infers_records_and_exports_in_its_recompute(tmp_path: Path) -> None:
-    path = tmp_path / "serve.db"
-    with EventStore(path) as store:
-        _append(store, _events())
+    path = _stored(tmp_path)
     with EventStore(path) as reader:
         recomputer, metrics = _recomputer(path, reader)
         recomputer.once()  # the PLS snapshot
@@ -312,9 +309,7 @@ def test_a_slow_fingerprint_never_delays_the_pls_snapshots(
     """The slow steps have a thread of their own: while the fingerprint trains, snapshots go on."""
     import prefleak.fingerprint
 
-    path = tmp_path / "serve.db"
-    with EventStore(path) as store:
-        _append(store, _events())
+    path = _stored(tmp_path)
     training, release = threading.Event(), threading.Event()
     learn = prefleak.fingerprint.fingerprint
 
@@ -363,9 +358,7 @@ def test_a_slow_fingerprint_never_delays_the_pls_snapshots(
 def test_serve_runs_on_without_the_probe_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "serve.db"
-    with EventStore(path) as store:
-        _append(store, _events())
+    path = _stored(tmp_path)
     monkeypatch.setitem(sys.modules, "sklearn.feature_extraction.text", None)
     with EventStore(path) as reader:
         recomputer, metrics = _recomputer(path, reader)

@@ -164,6 +164,24 @@ class ServiceView(Protocol):
     def store_write_failures(self) -> int: ...
 
 
+class Detached:
+    """A :class:`ServiceView` of no running service (no snapshot, no sources): for a
+    :class:`~prefleak.daemon.recompute.Recomputer` driven outside ``serve``, as the recompute
+    benchmark and tests drive it."""
+
+    def snapshot(self) -> Snapshot | None:
+        return None
+
+    def sources_up(self) -> dict[str, bool]:
+        return {}
+
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        return {}
+
+    def store_write_failures(self) -> int:
+        return 0
+
+
 class Metrics:
     """The service's registry: instrumented counters plus :class:`_StoreCollector`."""
 
