@@ -35,7 +35,9 @@ noise of the shared machine):
 * after 10,000 more verdicts in the newest day (new ones in every round), in rounds so that all
   see the same load: (iii) what ``prefleak serve`` does, its :class:`Recomputer` (started fresh
   each round, so its first recompute reads everything) recomputing after the new verdicts; (i) the
-  full path again, the figure every ratio is of; (ii) the parts an incremental path would need
+  full path again, the figure every ratio is of; (iv) serve's recompute right after a provenance
+  event (relations may have changed, so every window is refitted; the cells stay in memory): a
+  full recompute without the read; (ii) the parts an incremental path would need
   with today's API: ``verdict_windows_since(seq)``, reading only the changed projection windows
   into Cells, ``analyse`` of those cells alone, and the newest window's part of (i)'s window
   series (its ``_pls`` and ``_fit`` calls). Two sums bound an incremental recompute built from
@@ -720,6 +722,7 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
     assert statistics_options(settings) == options, "serve's defaults are the bench's options"
     # Interleaved, so that the full path and the parts see the same load of the shared machine.
     rerun, again, first_service, service = Timing([]), Timing([]), Timing([]), Timing([])
+    relineage = Timing([])
     since, reading, part_analysis, series = Timing([]), Timing([]), Timing([]), Timing([])
     spans = Spans(options.window_s)
     steps: list[tuple[str, int | None, float]] = []
@@ -739,6 +742,10 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
         latest = recomputer.latest
         if latest is None or latest.events.get("verdict", 0) != store.event_counts()["verdict"]:
             raise SystemExit("the service's recompute failed or missed the new verdicts")
+        # a lineage change: every window is refitted, the cells in memory are kept
+        model = {"type": "model", "model": f"bench-registered-{prefix}{round_}", "family": "x"}
+        ingest(store, iter([orjson.dumps(model)]), 1, "provenance")
+        clock(relineage, recomputer.once)
         spans.calls = []
         with spans.installed():
             once = full_recompute(store, options, 1)
@@ -759,6 +766,8 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
     print(line("  serve's first recompute (Recomputer.once: reads every kept cell)", first_service))
     label = "  (iii) serve's next recompute (Recomputer.once after the new verdicts)"
     print(line(label, service, best, _target(service, best)))
+    label = "  (iv) serve's recompute after a provenance event (cells kept, every window refit)"
+    print(line(label, relineage, best))
     print(
         f"  (ii) parts of an incremental path ({len(changed)} changed hour windows, "
         f"{len(part):,} rows, {int(part.verdicts.sum()):,} verdicts):"
