@@ -1,7 +1,7 @@
 """The ``explain`` subcommand: why a judge pair, a judge or a candidate shows leakage (on-call).
 
-Runs the same recompute as ``report`` (:func:`prefleak.stats.commands.analyse_store`), reads the
-horizon's verdict projection once more for the per-prompt evidence, and prints
+Runs the same recompute as ``report`` (:func:`prefleak.stats.commands.analyse_store_horizon`),
+takes the per-prompt evidence from the horizon's cells it read, and prints
 :func:`prefleak.explain.explain` as short sections or as ``prefleak.explain/1`` JSON
 (docs/explain.md).
 """
@@ -17,9 +17,8 @@ from prefleak.config import add_db_option, default_db
 from prefleak.explain import SCHEMA, SubjectError, explain, parse_subject
 from prefleak.stats.commands import (
     add_statistics_options,
-    analyse_store,
+    analyse_store_horizon,
     envelope,
-    load_horizon,
     render,
 )
 from prefleak.store import EventStore
@@ -33,8 +32,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     except SubjectError as exc:
         print(f"prefleak explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    analysis = analyse_store(args)
-    cells, lineage = load_horizon(args, analysis)
+    analysis, cells, lineage = analyse_store_horizon(args)
     document = envelope(SCHEMA, analysis)
     with EventStore(args.db or default_db()) as store:
         document.update(

@@ -1,7 +1,7 @@
 """The ``review export`` subcommand: comparisons a human label would help most, as JSONL.
 
-Runs the same recompute as ``report`` (:func:`prefleak.stats.commands.analyse_store`) for the
-horizon, reads the horizon's verdict projection and ranks its comparisons with
+Runs the same recompute as ``report`` (:func:`prefleak.stats.commands.analyse_store_horizon`)
+and ranks the comparisons of the horizon's cells it read with
 :func:`prefleak.review.review_queue` (docs/review.md).
 """
 
@@ -17,9 +17,8 @@ from prefleak.config import add_db_option, default_db
 from prefleak.review import SCHEMA, review_queue
 from prefleak.stats.commands import (
     add_statistics_options,
-    analyse_store,
+    analyse_store_horizon,
     envelope,
-    load_horizon,
     render,
 )
 from prefleak.store import EventStore, PromptTexts
@@ -32,8 +31,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.limit < 0:
         print("prefleak review export: --limit must be 0 (all) or more", file=sys.stderr)
         return EXIT_USAGE
-    analysis = analyse_store(args)
-    cells, lineage = load_horizon(args, analysis)
+    analysis, cells, lineage = analyse_store_horizon(args)
     items = [] if cells is None else review_queue(cells, lineage)
     if args.limit:
         items = items[: args.limit]

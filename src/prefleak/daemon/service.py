@@ -30,10 +30,9 @@ from prefleak.explain import SCHEMA as EXPLAIN_SCHEMA
 from prefleak.explain import explain, parse_subject
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
-from prefleak.stats.analysis import Analysis
-from prefleak.stats.cells import NO_LABEL, Cells
+from prefleak.stats.analysis import Analysis, horizon_cells
 from prefleak.stats.commands import biases_document, leaderboard_document, report_document
-from prefleak.store import AppendResult, EventStore, projection_window
+from prefleak.store import AppendResult, EventStore
 
 if TYPE_CHECKING:
     from prefleak.probes.worker import ProbeScheduler, RunOutcome
@@ -263,7 +262,7 @@ class Service:
                 "window_s": analysis.window_s,
                 **explain(
                     analysis,
-                    _horizon_cells(snapshot.cells, analysis, subject.benchmark),
+                    horizon_cells(snapshot.cells, analysis, subject.benchmark),
                     lineage,
                     subject,
                     ties=self.settings.pls.ties,
@@ -386,18 +385,6 @@ def _http_auth(settings: Settings) -> BearerAuth | None:
         return None
     log.info("HTTP: bearer token required for POST%s", " and GET /v1/*" * http.protect_reads)
     return BearerAuth(token, protect_reads=http.protect_reads)
-
-
-def _horizon_cells(cells: Cells | None, analysis: Analysis, benchmark: str | None) -> Cells | None:
-    """The cells of an analysis's horizon (of one benchmark, if named): what ``prefleak
-    explain`` reads from the store, taken from the recompute instead."""
-    if cells is None or analysis.horizon is None:
-        return None
-    keep = cells.window >= projection_window(analysis.horizon[0])
-    if benchmark is not None:
-        code = cells.benchmarks.index(benchmark) if benchmark in cells.benchmarks else NO_LABEL
-        keep &= cells.benchmark == code
-    return cells.select(keep)
 
 
 def _iso(ts: float) -> str:

@@ -379,6 +379,21 @@ def analyse(
     )
 
 
+def horizon_cells(
+    cells: Cells | None, analysis: Analysis, benchmark: str | None = None
+) -> Cells | None:
+    """The cells of an analysis's horizon (of one benchmark, if named; None without a horizon):
+    what commands that look at single prompts after the statistics read (explain, review)."""
+    if cells is None or analysis.horizon is None:
+        return None
+    window_s = analysis.window_s
+    keep = cells.window // window_s * window_s >= analysis.horizon[0]  # as analyse selects it
+    if benchmark is not None:
+        code = cells.benchmarks.index(benchmark) if benchmark in cells.benchmarks else NO_LABEL
+        keep &= cells.benchmark == code
+    return cells.select(keep)
+
+
 def _window(part: Cells, window: int, context: _Context) -> WindowResult:
     """One window's PLS rows and leakage fit (none below MIN_WINDOW_VERDICTS verdicts)."""
     pls = [

@@ -25,7 +25,7 @@ from prefleak.daemon.recompute import statistics_options
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TIE_POLICIES
-from prefleak.stats.analysis import Analysis, analyse
+from prefleak.stats.analysis import Analysis, analyse, horizon_cells
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
 
@@ -98,25 +98,20 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 def analyse_store(args: argparse.Namespace) -> Analysis:
     """One recompute over the store, with the options of :func:`settings_of`."""
-    settings = settings_of(args)
-    options = statistics_options(settings)
+    return analyse_store_horizon(args)[0]
+
+
+def analyse_store_horizon(args: argparse.Namespace) -> tuple[Analysis, Cells | None, Lineage]:
+    """:func:`analyse_store`, with the horizon's cells and the lineage it used, for commands that
+    look at single prompts after the statistics (explain, review): read once, not again."""
+    options = statistics_options(settings_of(args))
     with EventStore(args.db or default_db()) as store:
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
         cells = Cells.from_rows(store.verdict_rows(args.benchmark, since=since))
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-    return analyse(cells, lineage, options)
-
-
-def load_horizon(args: argparse.Namespace, analysis: Analysis) -> tuple[Cells | None, Lineage]:
-    """The cells of an analysis's horizon (None when it has none) and the lineage, for commands
-    that look at single prompts after the statistics (explain, review)."""
-    with EventStore(args.db or default_db()) as store:
-        lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
-        if analysis.horizon is None:
-            return None, lineage
-        cells = Cells.from_rows(store.verdict_rows(args.benchmark, since=analysis.horizon[0]))
-    return cells, lineage
+    analysis = analyse(cells, lineage, options)
+    return analysis, horizon_cells(cells, analysis), lineage
 
 
 def envelope(schema: str, analysis: Analysis, generated_at: float | None = None) -> dict[str, Any]:
