@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,13 +33,19 @@ def compression_ratio(texts: Sequence[bytes]) -> float:
     return len(zlib.compress(raw, COMPRESSION_LEVEL)) / len(raw) if raw else float("nan")
 
 
+_DEFLATE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefleak-deflate")
+"""zlib releases the GIL while it compresses: the whole sample's compression, a third of the cost
+of preparing and measuring long texts, runs here on another core while the n-grams are counted."""
+
+
 class LexicalSample:
     """Texts (and their optional labels) prepared for measuring any subset of them."""
 
     def __init__(self, texts: Sequence[str], labels: Sequence[str | None] | None = None) -> None:
-        tokens = Tokens.of(texts)
         self._size = len(texts)
         self._raw = [text.encode() for text in texts]
+        self._ratio = _DEFLATE.submit(compression_ratio, self._raw)
+        tokens = Tokens.of(texts)
         self._lengths = tokens.lengths
         self._held = [incidence(*tokens.ngrams(n), len(texts)) for n in DISTINCT_N]
         self._fours = incidence(*tokens.ngrams(REPETITION_N), len(texts))
@@ -60,13 +67,17 @@ class LexicalSample:
         if not chosen.any():
             return {}
         out: dict[str, float] = {}
-        weights = chosen.astype(np.int32)
+        weights = chosen.astype(np.float64)
         for n, held in zip(DISTINCT_N, self._held, strict=True):
             total = int(np.maximum(self._lengths[chosen] - (n - 1), 0).sum())
             if total:
                 out[f"distinct_{n}"] = np.count_nonzero(held @ weights) / total
-        ratio = compression_ratio(
-            [raw for raw, keep in zip(self._raw, chosen, strict=True) if keep]
+        ratio = (
+            self._ratio.result()
+            if chosen.all()
+            else compression_ratio(
+                [raw for raw, keep in zip(self._raw, chosen, strict=True) if keep]
+            )
         )
         if not np.isnan(ratio):
             out["compression_ratio"] = ratio
@@ -77,9 +88,9 @@ class LexicalSample:
         out.update(self._label_metrics(chosen))
         return out
 
-    def _self_repetition(self, chosen: Mask, weights: NDArray[np.int32]) -> float:
+    def _self_repetition(self, chosen: Mask, weights: NDArray[np.float64]) -> float:
         """Mean over texts of ln(1 + sum over its distinct 4-grams of the other texts with it)."""
-        others = self._fours @ weights - 1.0  # per 4-gram: the chosen texts with it, less one
+        others = self._fours @ weights - 1  # per 4-gram: the chosen texts with it, less one
         return float(np.log1p((self._fours.T @ others)[chosen]).mean())
 
     def _label_metrics(self, chosen: Mask) -> dict[str, float]:

@@ -122,11 +122,12 @@ def incidence(keys: Keys, doc: Index, texts: int) -> sparse.csr_array:
     2**-53 for 2,000 texts (one n-gram miscounted in some 10**5 samples of 500k n-grams).
     """
     shift = np.uint64(max(texts - 1, 1).bit_length())
-    packed = (keys >> shift) << shift
+    low = (np.uint64(1) << shift) - np.uint64(1)
+    packed = keys & ~low
     packed |= doc.view(np.uint64)
     packed.sort()
     packed = packed[_run_starts(packed)]
     rows = np.append(np.flatnonzero(_run_starts(packed >> shift)), len(packed))
-    columns = (packed & ((np.uint64(1) << shift) - np.uint64(1))).view(np.intp)
-    ones = np.ones(len(packed), dtype=np.int32)
+    columns = (packed & low).view(np.intp)
+    ones = np.ones(len(packed))
     return sparse.csr_array((ones, columns, rows), shape=(len(rows) - 1, texts))
