@@ -33,9 +33,11 @@ def compression_ratio(texts: Sequence[bytes]) -> float:
     return len(zlib.compress(raw, COMPRESSION_LEVEL)) / len(raw) if raw else float("nan")
 
 
-_DEFLATE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefleak-deflate")
-"""zlib releases the GIL while it compresses: the whole sample's compression, a third of the cost
-of preparing and measuring long texts, runs here on another core while the n-grams are counted."""
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefleak-lexical")
+"""zlib and numpy's sort release the GIL, so work runs here on another core while the main thread
+goes on: the whole sample's compression from the start of a build (a third of the cost of building
+and measuring long texts) and then the 4-gram matrix, a subset's compression while its other
+measures are computed."""
 
 
 class LexicalSample:
@@ -44,11 +46,12 @@ class LexicalSample:
     def __init__(self, texts: Sequence[str], labels: Sequence[str | None] | None = None) -> None:
         self._size = len(texts)
         self._raw = [text.encode() for text in texts]
-        self._ratio = _DEFLATE.submit(compression_ratio, self._raw)
+        self._deflated = _WORKER.submit(compression_ratio, self._raw)
         tokens = Tokens.of(texts)
+        fours = _WORKER.submit(incidence, *tokens.ngrams(REPETITION_N), len(texts))
         self._lengths = tokens.lengths
         self._held = [incidence(*tokens.ngrams(n), len(texts)) for n in DISTINCT_N]
-        self._fours = incidence(*tokens.ngrams(REPETITION_N), len(texts))
+        self._fours = fours.result()
         names = sorted({label for label in labels or () if label is not None})
         codes = {name: code for code, name in enumerate(names)}
         self._labels = np.array(
@@ -66,22 +69,25 @@ class LexicalSample:
         chosen = np.ones(self._size, dtype=bool) if mask is None else mask
         if not chosen.any():
             return {}
+        deflated = (
+            self._deflated
+            if chosen.all()
+            else _WORKER.submit(
+                compression_ratio,
+                [raw for raw, keep in zip(self._raw, chosen, strict=True) if keep],
+            )
+        )
         out: dict[str, float] = {}
         weights = chosen.astype(np.float64)
         for n, held in zip(DISTINCT_N, self._held, strict=True):
             total = int(np.maximum(self._lengths[chosen] - (n - 1), 0).sum())
-            if total:
-                out[f"distinct_{n}"] = np.count_nonzero(held @ weights) / total
-        ratio = (
-            self._ratio.result()
-            if chosen.all()
-            else compression_ratio(
-                [raw for raw, keep in zip(self._raw, chosen, strict=True) if keep]
-            )
-        )
-        if not np.isnan(ratio):
+            if total:  # with no mask, every row (distinct n-gram) counts
+                seen = np.count_nonzero(held @ weights) if mask is not None else held.shape[0]
+                out[f"distinct_{n}"] = seen / total
+        repetition = self._self_repetition(chosen, weights)
+        if not np.isnan(ratio := deflated.result()):
             out["compression_ratio"] = ratio
-        out["self_repetition"] = self._self_repetition(chosen, weights)
+        out["self_repetition"] = repetition
         lengths = self._lengths[chosen]
         out["length_mean"] = float(lengths.mean())
         out["length_p50"], out["length_p90"] = (float(q) for q in np.quantile(lengths, [0.5, 0.9]))

@@ -18,15 +18,15 @@ from numpy.typing import NDArray
 from scipy import sparse
 
 _DROPPED = (string.punctuation + string.whitespace + "\x1e").encode()
-"""Replaced by a space: then words are exactly the runs of other bytes (``bytes.split``'s ASCII
-whitespace included; ``\\x1e`` was once a text separator and still splits words)."""
+"""Replaced by a space, so that words are the runs of other bytes: ``bytes.split``'s words (its
+whitespace is ASCII's), split at ``\\x1e`` too, as they always were."""
 _TABLE = bytes.maketrans(_DROPPED, b" " * len(_DROPPED))
 _SPACE = ord(" ")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial hash is a bijection per position
 _PACKED = 16
 """Words up to this many bytes are hashed from their bytes read as two integers, all at once;
 longer ones (about 1 in 3,000 words of English prose) one by one with Python's hash."""
-_LOW_BYTES = np.array([(1 << 8 * count) - 1 for count in range(9)], dtype=np.uint64)
+_LOW_BYTES = np.array([(1 << 8 * count) - 1 for count in range(9)], dtype=np.uint64)  # by count
 
 Keys = NDArray[np.uint64]
 Index = NDArray[np.intp]
@@ -39,7 +39,7 @@ def words(text: str) -> list[bytes]:
 
 def _finalise(keys: Keys) -> Keys:
     """SplitMix64's finaliser, in place: a bijection after which every bit depends on every input
-    bit, so that :func:`text_pairs` may keep only a key's high bits."""
+    bit, so that :func:`incidence` may keep only a key's high bits."""
     keys ^= keys >> np.uint64(30)
     keys *= np.uint64(0xBF58476D1CE4E5B9)
     keys ^= keys >> np.uint64(27)
@@ -87,7 +87,7 @@ class Tokens:
         edges = np.flatnonzero(spaces[1:] != spaces[:-1]) + 1
         starts, ends = edges[0::2], edges[1::2]
         sizes = np.fromiter((len(text) + 1 for text in encoded), np.intp, len(encoded))
-        firsts = np.searchsorted(starts, np.cumsum(sizes) - sizes + 1)
+        firsts = np.searchsorted(starts, np.cumsum(sizes) - sizes + 1)  # each text's first word
         lengths = np.diff(firsts, append=len(starts)).astype(np.intp)
         doc = np.repeat(np.arange(len(texts), dtype=np.intp), lengths)
         return cls(_word_keys(joined, starts, ends - starts), doc, lengths)
