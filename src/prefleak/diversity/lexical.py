@@ -47,8 +47,8 @@ class LexicalSample:
         self._size = len(texts)
         self._raw = [text.encode() for text in texts]
         self._deflated = _WORKER.submit(compression_ratio, self._raw)
-        tokens = Tokens.of(texts)
-        fours = _WORKER.submit(incidence, *tokens.ngrams(REPETITION_N), len(texts))
+        tokens = Tokens.of_utf8(self._raw)
+        fours = _WORKER.submit(lambda: incidence(*tokens.ngrams(REPETITION_N), len(texts)))
         self._lengths = tokens.lengths
         self._held = [incidence(*tokens.ngrams(n), len(texts)) for n in DISTINCT_N]
         self._fours = fours.result()

@@ -20,7 +20,11 @@ from scipy import sparse
 _DROPPED = (string.punctuation + string.whitespace + "\x1e").encode()
 """Replaced by a space, so that words are the runs of other bytes: ``bytes.split``'s words (its
 whitespace is ASCII's), split at ``\\x1e`` too, as they always were."""
-_TABLE = bytes.maketrans(_DROPPED, b" " * len(_DROPPED))
+_TABLE = bytes.maketrans(
+    _DROPPED + string.ascii_uppercase.encode(),
+    b" " * len(_DROPPED) + string.ascii_lowercase.encode(),
+)
+"""Lower-cases ASCII letters (what ``bytes.lower`` does) and drops, in one pass."""
 _SPACE = ord(" ")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial hash is a bijection per position
 _PACKED = 16
@@ -34,7 +38,7 @@ Index = NDArray[np.intp]
 
 def words(text: str) -> list[bytes]:
     """Lower-cased words; punctuation separates words and is dropped."""
-    return text.encode().lower().translate(_TABLE).split()
+    return text.encode().translate(_TABLE).split()
 
 
 def _finalise(keys: Keys) -> Keys:
@@ -60,7 +64,7 @@ def _word_keys(joined: bytes, starts: Index, lengths: Index) -> Keys:
     tails = windows[starts[over] + 8] & _LOW_BYTES[np.minimum(lengths[over] - 8, 8)]
     keys[over] = keys[over] * _MIX + tails
     long = over[lengths[over] > _PACKED]
-    spans = zip(starts[long].tolist(), (starts + lengths)[long].tolist(), strict=True)
+    spans = zip(starts[long].tolist(), (starts[long] + lengths[long]).tolist(), strict=True)
     hashes = np.fromiter((hash(joined[start:end]) for start, end in spans), np.int64, len(long))
     keys[long] = hashes.view(np.uint64)
     return _finalise(keys)
@@ -81,19 +85,25 @@ class Tokens:
 
     @classmethod
     def of(cls, texts: Sequence[str]) -> Tokens:
-        encoded = [text.encode() for text in texts]
-        joined = b" " + b" ".join(encoded).lower().translate(_TABLE) + b" " * _PACKED
+        return cls.of_utf8([text.encode() for text in texts])
+
+    @classmethod
+    def of_utf8(cls, encoded: Sequence[bytes]) -> Tokens:
+        """The same from texts already encoded as UTF-8."""
+        joined = b" ".join([b"", *encoded, b" " * (_PACKED - 1)]).translate(_TABLE)
         spaces = np.frombuffer(joined, np.uint8) == _SPACE
         edges = np.flatnonzero(spaces[1:] != spaces[:-1]) + 1
         starts, ends = edges[0::2], edges[1::2]
         sizes = np.fromiter((len(text) + 1 for text in encoded), np.intp, len(encoded))
         firsts = np.searchsorted(starts, np.cumsum(sizes) - sizes + 1)  # each text's first word
         lengths = np.diff(firsts, append=len(starts)).astype(np.intp)
-        doc = np.repeat(np.arange(len(texts), dtype=np.intp), lengths)
+        doc = np.repeat(np.arange(len(encoded), dtype=np.intp), lengths)
         return cls(_word_keys(joined, starts, ends - starts), doc, lengths)
 
     def ngrams(self, n: int) -> tuple[Keys, Index]:
         """Keys of every n-gram that lies within one text, and the text of each."""
+        if n == 1:
+            return self.hashes, self.doc
         count = len(self.hashes) - n + 1
         if count <= 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.intp)
