@@ -1,6 +1,6 @@
 """Diversity benchmark: lexical measures in texts/s, and embedding overhead against the bare model.
 
-    PYTHONPATH=src python bench/diversity.py [--repeat 3] [--halves 100] [--embed-texts 600]
+    PYTHONPATH=src python bench/diversity.py [--repeat 3] [--halves 100] [--embed-texts 600 or 0]
 
 Texts: the real AlpacaEval instructions (about 165 characters) and answers (about 2,040) from
 ../shared/data. Lexical: one :class:`LexicalSample` build plus every measure (no intervals), in
@@ -79,6 +79,8 @@ def main() -> None:
         wall, cpu, masked = lexical_rates(texts, args.repeat, args.halves)
         print(f"lexical {name}: {len(texts)} texts of {chars:,.0f} chars: {wall:,.0f} texts/s "
               f"({cpu:,.0f} by CPU time); {args.halves} half-samples {masked:.2f} s")  # fmt: skip
+    if not args.embed_texts:  # --embed-texts 0: lexical only
+        return
     embedder = load_embedder()
     if isinstance(embedder, str):
         print(embedder)
