@@ -28,6 +28,7 @@ from prefleak.diversity.report import DiversityAnalyzer, DiversityReport, load_i
 from prefleak.diversity.resample import estimate
 from prefleak.diversity.sample import SAMPLE_CAPACITY, priority
 from prefleak.diversity.semantic import mmd_test
+from prefleak.diversity.text import words
 from prefleak.diversity.vectors import TfIdf
 from prefleak.ingest import Ingestor
 from prefleak.lineage import Lineage
@@ -83,6 +84,35 @@ def test_lexical_measures_match_hand_computed_values() -> None:
     )
     assert labelled["majority_label_share"] == pytest.approx(2 / 3)
     assert "label_entropy_bits" not in LexicalSample(["no labels here"]).metrics()
+
+
+def _grams(text: str, n: int) -> list[tuple[bytes, ...]]:
+    found = words(text)
+    return [tuple(found[i : i + n]) for i in range(len(found) - n + 1)]
+
+
+def test_lexical_measures_match_a_plain_python_count_on_awkward_words() -> None:
+    """Words cut at every kind of separator, of every length around the 8- and 16-byte limits of
+    the byte-level keys, with NUL bytes, non-ASCII letters and copies; checked under masks too."""
+    rng = random.Random(7)
+    pieces = [
+        "a", "\x00a", "a\x00", "abcdefg", "abcdefgh", "abcdefgi", "abcdefghi", "abcdefghj",
+        "abcdefghijklmnop", "abcdefghijklmnoq", "abcdefghijklmnopq", "abcdefghijklmnopr",
+        "internationalization", "internationalisation", "Ünïcödé", "ÜNÏCÖDÉ", "tab\tsep",
+        "vt\x0bff\x0ccr\r", "rec\x1esep", "nb\u00a0sp", "The", "the", "THE,", "end.",
+    ]  # fmt: skip
+    texts = [" ".join(rng.choices(pieces, k=rng.randint(0, 30))) for _ in range(60)] + [""]
+    sample = LexicalSample(texts)
+    for mask in (None, np.array([rng.random() < 0.5 for _ in texts])):
+        chosen = [t for i, t in enumerate(texts) if mask is None or mask[i]]
+        found = sample.metrics(mask)
+        for n in (1, 2, 3):
+            grams = [gram for text in chosen for gram in _grams(text, n)]
+            assert found[f"distinct_{n}"] == pytest.approx(len(set(grams)) / len(grams))
+        fours = [set(_grams(text, 4)) for text in chosen]
+        shared = [sum(sum(gram in other for other in fours) - 1 for gram in own) for own in fours]
+        assert found["self_repetition"] == pytest.approx(np.mean(np.log1p(shared)))
+        assert found["length_mean"] == pytest.approx(np.mean([len(words(t)) for t in chosen]))
 
 
 def _more_repetitive(texts: list[str], seed: int) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import sparse
 
 from prefleak.diversity.resample import proportion_interval
-from prefleak.diversity.text import Tokens, dense_ids, words
+from prefleak.diversity.text import Tokens, incidence, words
 from prefleak.stats.estimate import Estimate
 
 ARTIFACT_KINDS = (
@@ -64,15 +64,12 @@ def artifact_shares(texts: Sequence[str], prompts: Sequence[str | None]) -> dict
 
 def _near_duplicates(texts: Sequence[str]) -> np.ndarray:
     """Samples whose 5-word shingles have Jaccard similarity ≥ 0.8 with another sample's."""
-    keys, doc = Tokens.of(texts).ngrams(SHINGLE_N)
     near = np.zeros(len(texts), dtype=bool)
-    if not len(keys):
+    held = incidence(*Tokens.of(texts).ngrams(SHINGLE_N), len(texts)).T.tocsr()  # texts × shingles
+    if not held.nnz:
         return near
-    ids, distinct = dense_ids(keys)
-    incidence = sparse.csr_matrix((np.ones(len(ids)), (doc, ids)), shape=(len(texts), distinct))
-    incidence.data[:] = 1  # a shingle twice in one text counts once
-    sizes = np.asarray(incidence.sum(axis=1)).ravel()
-    shared = sparse.triu(incidence @ incidence.T, k=1).tocoo()
+    sizes = held.sum(axis=1)
+    shared = sparse.triu(held @ held.T, k=1).tocoo()
     jaccard = shared.data / (sizes[shared.row] + sizes[shared.col] - shared.data)
     close = jaccard >= NEAR_DUPLICATE_JACCARD
     near[shared.row[close]] = True
