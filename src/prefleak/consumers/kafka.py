@@ -66,9 +66,10 @@ _PROVENANCE_REFRESH_S = 5.0
 _KAFKA_COMMIT_EVERY_S = 5.0
 _CLOSE_TIMEOUT_MS = 1500
 _DEAD_LETTER_FLUSH_S = 10.0
-_PIPELINE_DEPTH = 1
-"""Polls validated ahead of the one being written: the worker validates while this process
-fetches and writes, and memory stays bounded (docs/design.md)."""
+_PIPELINE_DEPTH = 3
+"""Polls on their way through the worker while the oldest is written: the worker validates
+while this process fetches and writes, and memory stays bounded (a few MB a poll). Three
+ride out the scheduling stalls of a busy machine better than one (docs/benchmarks.md)."""
 _PARENT_CHECK_S = 1.0
 
 Partition = tuple[str, int]
