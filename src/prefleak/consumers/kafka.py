@@ -547,8 +547,9 @@ class _Session:
         """One poll: hand its messages on (one job per topic), write what is due, update lag.
 
         The group consumer's polls are validated by the worker, if there is one, and written
-        once :data:`_PIPELINE_DEPTH` younger polls are on their way; an empty poll writes
-        everything, so nothing waits while the topic is idle.
+        in poll order as soon as they are validated, or at the latest once
+        :data:`_PIPELINE_DEPTH` younger polls are on their way; an empty poll writes everything,
+        so nothing waits while the topic is idle.
         """
         polled: dict[TopicPartition, list[Any]] = consumer.poll(
             timeout_ms=timeout_ms, max_records=self.source.max_poll_records
@@ -606,10 +607,13 @@ class _Session:
         self._write_pending(0)
 
     def _write_pending(self, keep: int) -> None:
-        """Write the oldest pending polls until ``keep`` are left; after a failed write the
-        rest are dropped unwritten (they are read again from the stored offsets)."""
+        """Write the oldest pending polls until ``keep`` are left, and any further ones already
+        validated (a slow trickle of messages waits for no younger polls); after a failed write
+        the rest are dropped unwritten (they are read again from the stored offsets)."""
         with self._lock:
-            while len(self._pending) > keep:
+            while len(self._pending) > keep or (
+                self._pending and self._pending[0].validated.done()
+            ):
                 job = self._pending.popleft()
                 try:
                     self._write(job)
