@@ -1,10 +1,12 @@
 """KafkaSource against a real Kafka-protocol broker (Tansu, see tests/broker.py); no mocks.
 
-What is checked: the end-to-end path with dead letters, lag from the fetch high-water mark, a
-broker that is down at start, a broker that dies mid-stream and comes back (nothing lost), two
-replicas splitting the verdict partitions while each holds all provenance (and one taking over
-the other's partitions by replaying them), and a consumer process SIGKILLed mid-stream several
-times over 100k messages with duplicates and malformed ones (exact counts at the end).
+What is checked: the end-to-end path with dead letters, validation in a worker process equal to
+validation in place (and a killed worker replaced without loss), lag from the fetch high-water
+mark, a broker that is down at start, a broker that dies mid-stream and comes back (nothing
+lost), two replicas splitting the verdict partitions while each holds all provenance (and one
+taking over the other's partitions by replaying them), and a consumer process SIGKILLed mid-
+stream several times over 100k messages with duplicates and malformed ones (exact counts at the
+end).
 """
 
 from __future__ import annotations
@@ -156,6 +158,63 @@ def verdict_partitions(source: KafkaSource) -> set[int]:
     return {p for (topic, p) in source.lag() if topic == "verdicts"}
 
 
+def validation_workers(pid: int) -> list[int]:
+    """Live processes the process ``pid`` spawned to validate messages (multiprocessing's
+    ``spawn_main``; its resource tracker is not one)."""
+    workers = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in children.read_text().split():
+                with contextlib.suppress(OSError):
+                    command = Path(f"/proc/{child}/cmdline").read_bytes()
+                    state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                    spawned = b"spawn_main" in command and b"resource_tracker" not in command
+                    if spawned and state != "Z":
+                        workers.append(int(child))
+    return workers
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def dead(pids: list[int]) -> bool:
+    return not any(map(alive, pids))
+
+
+def zero_lag(source: KafkaSource) -> bool:
+    return set(source.lag().values()) == {0}
+
+
+def holds_at_least(store: EventStore, count: int) -> bool:
+    return sum(counts(store).values()) >= count
+
+
+def mixed_stream(count: int) -> tuple[list[Event], list[bytes], list[Any]]:
+    """Provenance, ``count`` verdicts, re-sent verdicts and malformed messages, interleaved."""
+    provenance = provenance_events()
+    verdicts = verdict_events(count)
+    bad = malformed_messages(count // 100)
+    stream: list[Any] = list(provenance)
+    for i, verdict in enumerate(verdicts):
+        stream.append(verdict)
+        if i % 10 == 5:
+            stream.append(verdicts[i - 3])  # an at-least-once producer re-sends one
+        if i % 100 == 50:
+            stream.append(bad[i // 100])
+    return provenance + verdicts, bad, stream
+
+
+def stored_state(store: EventStore) -> tuple[Any, ...]:
+    """Everything a source writes, in a form two stores can be compared by."""
+    rejected = sorted((r.source, r.location, r.error, r.raw) for r in store.rejections())
+    return counts(store), store.offsets(), rejected, store.projection_dump()
+
+
 # -- fast tests ----------------------------------------------------------------------------------
 
 
@@ -265,7 +324,74 @@ def test_broker_down_at_start(tmp_path: Path) -> None:
     )
 
 
+def test_a_validation_worker_stores_what_validating_in_place_stores(
+    tansu_broker: TansuBroker, tmp_path: Path
+) -> None:
+    """Validated in a worker process (the default) or in the consuming thread, a stream with
+    duplicates and malformed messages ends as the same events, rejections (with partition and
+    offset), offsets and projection."""
+    broker = tansu_broker
+    broker.create_topics({"verdicts": 3, "provenance": 1})
+    events, bad, stream = mixed_stream(3000)
+    produce(broker, stream)
+    states = []
+    for workers in (1, 0):
+        with EventStore(tmp_path / f"workers-{workers}.db") as store:
+            source = make_source(
+                broker, store, group_id=f"w{workers}", max_poll_records=250, workers=workers
+            )
+            with running(source):
+                wait_for(lambda: counts(store) == expected_counts(events), 30, "all events")
+                wait_for(lambda: store.rejected_count() == len(bad), 10, "the rejections")
+                wait_for(functools.partial(zero_lag, source), 10, "zero lag")
+            states.append(stored_state(store))
+            live = store.projection_dump()
+            store.rebuild()
+            assert store.projection_dump() == live  # each verdict projected exactly once
+    assert states[0] == states[1]
+    assert sum(v for (s, _), v in states[0][1].items() if s == "kafka:verdicts") == len(stream) - 18
+
+
 # -- slow tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_validation_worker_is_replaced_and_nothing_is_lost(
+    tansu_broker: TansuBroker, tmp_path: Path
+) -> None:
+    """SIGKILL the worker that validates the polls, twice, while it has polls on the way: the
+    source starts another, resumes from the stored offsets, and counts every message once."""
+    broker = tansu_broker
+    broker.create_topics({"verdicts": 2, "provenance": 1})
+    events, bad, stream = mixed_stream(20_000)
+    produce(broker, stream)
+    with EventStore(tmp_path / "store.db") as store:
+
+        def slow_down(result: AppendResult) -> None:
+            time.sleep(0.02)  # a few thousand messages a second: the kills land mid-stream
+
+        source = make_source(broker, store, max_poll_records=100, on_result=slow_down)
+        killed: list[int] = []
+        with running(source):
+            for threshold in (3000, 9000):
+                at_least = functools.partial(holds_at_least, store, threshold)
+                wait_for(at_least, 60, f"{threshold} stored")
+                worker = wait_for(lambda: validation_workers(os.getpid()), 10, "a worker")[0]
+                os.kill(worker, signal.SIGKILL)
+                killed.append(worker)
+                wait_for(functools.partial(dead, [worker]), 5, "the worker to die")
+            wait_for(lambda: counts(store) == expected_counts(events), 90, "every event")
+            wait_for(lambda: store.rejected_count() == len(bad), 10, "every rejection")
+            assert source.up
+            workers = validation_workers(os.getpid())
+            assert workers and not set(workers) & set(killed)  # another one took over
+        time.sleep(0.5)  # anything more would be a double count
+        assert counts(store) == expected_counts(events)
+        assert Counter(r.raw for r in store.rejections()) == Counter(bad)
+        live = store.projection_dump()
+        store.rebuild()
+        assert store.projection_dump() == live
+    wait_for(lambda: not validation_workers(os.getpid()), 10, "the worker to end with the source")
 
 
 @pytest.mark.slow
@@ -430,9 +556,13 @@ def test_kill_9_mid_stream_counts_every_event_once(
     try:
         for threshold in (12_000, 40_000, 70_000):
             wait_for(functools.partial(stored_at_least, threshold), 60, f"{threshold} stored")
+            workers = validation_workers(process.pid)
+            assert workers
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
             kills += 1
+            # its validation worker notices and exits: nothing is left behind to write
+            wait_for(functools.partial(dead, workers), 5, "the orphaned worker to exit")
             process = spawn()
         producer.join(timeout=60)
         expected = len(provenance) + len(verdicts) + len(bad)

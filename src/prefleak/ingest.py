@@ -83,6 +83,37 @@ def read_lines(
     return batch
 
 
+def read_messages(
+    source: str,
+    partitions: list[tuple[int, list[int], list[bytes]]],
+    max_bytes: int,
+    received_at: datetime,
+    hash_texts: bool = False,
+) -> list[Batch]:
+    """Validate one poll's messages of a Kafka topic: one batch per ``(partition, offsets,
+    values)``, in that order, without offsets (the caller adds those it still owns).
+
+    Module-level so a worker process can run it; locations name partition and offset.
+    """
+    batches = []
+    for partition, offsets, values in partitions:
+        batch = Batch(source=source)
+        for offset, value in zip(offsets, values, strict=True):
+            batch.add(
+                read_message(
+                    value,
+                    source=source,
+                    location=f"partition {partition} offset {offset}",
+                    max_bytes=max_bytes,
+                    received_at=received_at,
+                    hash_texts=hash_texts,
+                )
+            )
+        batch.project()
+        batches.append(batch)
+    return batches
+
+
 class Ingestor:
     """Validates messages and appends them to the store in batches.
 

@@ -182,6 +182,9 @@ class KafkaSettings(_Section):
     group_id: str = Field(default="prefleak", min_length=1)
     dead_letter_topic: str | None = None
     max_poll_records: int = Field(default=5000, gt=0)
+    workers: int = Field(default=1, ge=0)
+    """Processes that validate verdict polls while the service fetches and writes; 0 validates
+    in the consuming thread (docs/design.md)."""
     client_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to the Kafka client as is: TLS files, SASL mechanism and credentials."""
 

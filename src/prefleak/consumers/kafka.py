@@ -12,16 +12,28 @@ Why it is built this way (docs/scaling.md has the long version):
   candidate pair (:func:`verdict_key`), so every judge's verdicts on one pair land on one replica.
   Provenance (models, datasets, trainings) is small and every replica needs all of it, so each
   replica assigns itself every provenance partition, outside any group.
+* Pipelined: the group consumer's polls are validated in a worker process (``workers``) while
+  this process fetches the next poll and writes the last one, in poll order; the offsets still go
+  into the transaction of the events they cover. A rebalance first writes every validated poll,
+  and a poll's partitions that were revoked meanwhile are dropped, never written.
 * Lag comes from the fetch high-water mark: some brokers (Tansu 0.6) answer ListOffsets "latest"
   wrongly, so ``end_offsets()`` and ``seek_to_end()`` are never used.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +43,7 @@ from kafka.errors import KafkaError
 from kafka.net.compat import KafkaNetClient
 from kafka.structs import OffsetAndMetadata
 
-from prefleak.ingest import MAX_MESSAGE_BYTES, read_message
+from prefleak.ingest import MAX_MESSAGE_BYTES, read_messages
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.store import AppendResult, Batch, EventStore, Rejection, StoreWriteError
 
@@ -54,6 +66,11 @@ _PROVENANCE_REFRESH_S = 5.0
 _KAFKA_COMMIT_EVERY_S = 5.0
 _CLOSE_TIMEOUT_MS = 1500
 _DEAD_LETTER_FLUSH_S = 10.0
+_PIPELINE_DEPTH = 3
+"""Polls on their way through the worker while the oldest is written: the worker validates
+while this process fetches and writes, and memory stays bounded (a few MB a poll). Three
+ride out the scheduling stalls of a busy machine better than one (docs/benchmarks.md)."""
+_PARENT_CHECK_S = 1.0
 
 Partition = tuple[str, int]
 
@@ -157,6 +174,7 @@ class KafkaSource:
         hash_texts: bool = False,
         client_options: dict[str, Any] | None = None,
         on_result: Callable[[AppendResult], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self.store = store
         self.bootstrap_servers = list(bootstrap_servers)
@@ -173,6 +191,9 @@ class KafkaSource:
         self.hash_texts = hash_texts
         self.client_options = dict(client_options or {})
         self.on_result = on_result
+        self.workers = workers
+        """Processes that validate verdict polls; 0 validates them in the consuming thread."""
+        self._pool: ProcessPoolExecutor | None = None
         self._up = False
         self._lag: dict[Partition, int] = {}
         self._state_lock = threading.Lock()
@@ -194,10 +215,17 @@ class KafkaSource:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; any failure is logged and retried with backoff."""
         delay = _BACKOFF_START_S
+        try:
+            self._run(stop, delay)
+        finally:
+            self._close_pool()
+        log.info("kafka: stopped")
+
+    def _run(self, stop: threading.Event, delay: float) -> None:
         while not stop.is_set():
             session: _Session | None = None
             try:
-                session = _Session(self)
+                session = _Session(self, self._validator())
                 session.run(stop)
             except _BrokerLost:
                 log.warning("kafka: no broker connection for %.0f s; reconnecting", _DOWN_GRACE_S)
@@ -205,6 +233,9 @@ class KafkaSource:
                 log.warning("kafka: %s: %s", type(exc).__name__, exc)
             except StoreWriteError as exc:  # the messages stay in Kafka: resume from the offsets
                 log.error("kafka: %s; resuming from the stored offsets", exc)
+            except BrokenProcessPool as exc:
+                log.error("kafka: the validation worker died (%s); starting another", exc)
+                self._close_pool()
             except Exception:
                 log.exception("kafka: source failed; resuming from the stored offsets")
             finally:
@@ -218,7 +249,27 @@ class KafkaSource:
             log.info("kafka: retrying in %.1f s", delay)
             stop.wait(delay)
             delay = min(delay * 2, _BACKOFF_CAP_S)
-        log.info("kafka: stopped")
+
+    def _validator(self) -> ProcessPoolExecutor | None:
+        """The validation worker pool, started once per :meth:`run` (again if it broke).
+
+        Spawned, not forked: ``serve`` runs other threads, and a fork copies their locks.
+        """
+        if self.workers <= 0:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def _consumer_config(self) -> dict[str, Any]:
         """Defaults that make the loop responsive, then the caller's options on top."""
@@ -270,32 +321,71 @@ def _make_consumer(config: dict[str, Any]) -> KafkaConsumer:
         raise
 
 
+def _worker_init(parent: int) -> None:
+    """In a validation worker: leave Ctrl-C to the service, and exit when the service is gone
+    (killed with SIGKILL, it cannot shut its pool down). What it imported stays out of the
+    collector's full passes, as in the service."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="prefleak-parent-watch", daemon=True).start()
+
+
+@dataclass(slots=True)
+class _Job:
+    """One poll's messages of one topic, on their way to the store."""
+
+    topic: str
+    parts: list[tuple[TopicPartition, list[Any]]]
+    """The messages of each partition, in offset order."""
+    validated: Future[list[Batch]]
+    """One batch per part, from the worker (or already done, when validated in place)."""
+    consumer: KafkaConsumer
+    grouped: bool
+    """From the group consumer: parts whose partition was revoked meanwhile are dropped."""
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Seeks every newly assigned verdict partition to the offset stored with its events."""
+    """Writes what was validated, then seeks every newly assigned verdict partition to the
+    offset stored with its events."""
 
     def __init__(self, session: _Session) -> None:
         self.session = session
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.session.drain()  # the polls of partitions still ours go in before they leave
         self.session.forget(revoked)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self.session.forget(lost)  # another replica may own them already: write nothing more
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         consumer = self.session.group
         assert consumer is not None
+        self.session.drain()
         self.session.seek_stored(consumer, assigned)
 
 
 class _Session:
     """One connected life of a :class:`KafkaSource`: its consumers, from connect to close."""
 
-    def __init__(self, source: KafkaSource) -> None:
+    def __init__(self, source: KafkaSource, validator: ProcessPoolExecutor | None) -> None:
         self.source = source
+        self.validator = validator
         self.was_up = False
         self.group: KafkaConsumer | None = None
         self.provenance: KafkaConsumer | None = None
         self._dead_letters: KafkaProducer | None = None
         self._next: dict[TopicPartition, int] = {}
-        self._lock = threading.Lock()
+        self._owned: set[TopicPartition] = set()
+        self._pending: deque[_Job] = deque()
+        """The group consumer's polls being validated, oldest first; written in this order."""
+        self._lock = threading.RLock()
         """Held while a poll's records are stored, so a rebalance never seeks under a batch."""
         self._to_commit: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
@@ -339,6 +429,7 @@ class _Session:
                 else:
                     consumer.seek(tp, position)
                     self._next[tp] = position
+                self._owned.add(tp)
                 where = "the beginning" if position is None else f"offset {position}"
                 log.info("kafka: %s[%d] starts at %s", tp.topic, tp.partition, where)
 
@@ -349,6 +440,7 @@ class _Session:
             for tp in gone:
                 self._next.pop(tp, None)
                 self._to_commit.pop(tp, None)
+                self._owned.discard(tp)
         self.source._set_lag({}, drop=[(tp.topic, tp.partition) for tp in gone])
 
     def _refresh_provenance(self) -> None:
@@ -391,6 +483,7 @@ class _Session:
         try:
             if self.group is not None:
                 self._group_loop()
+                self.drain()  # stopping: what was polled and validated is written
             else:
                 self._provenance_loop()
         finally:
@@ -450,73 +543,133 @@ class _Session:
             log.warning("kafka: lost the broker connection")
             self.source._up = False
 
-    def _poll(self, consumer: KafkaConsumer, timeout_ms: int) -> int:
-        """One poll: store its messages (one transaction per topic), then update the lag."""
+    def _poll(self, consumer: KafkaConsumer, timeout_ms: int) -> None:
+        """One poll: hand its messages on (one job per topic), write what is due, update lag.
+
+        The group consumer's polls are validated by the worker, if there is one, and written
+        in poll order as soon as they are validated, or at the latest once
+        :data:`_PIPELINE_DEPTH` younger polls are on their way; an empty poll writes everything,
+        so nothing waits while the topic is idle.
+        """
         polled: dict[TopicPartition, list[Any]] = consumer.poll(
             timeout_ms=timeout_ms, max_records=self.source.max_poll_records
         )
-        results: list[AppendResult] = []
-        count = 0
+        grouped = consumer is self.group
+        if polled:
+            jobs = self._jobs(consumer, polled, grouped)
+            if grouped:
+                with self._lock:
+                    self._pending.extend(jobs)
+            else:
+                for job in jobs:
+                    self._write(job)
+        if grouped:
+            self._write_pending(_PIPELINE_DEPTH if polled and self.validator else 0)
         with self._lock:
-            if polled:
-                results = self._store(polled)
-                count = sum(len(m) for m in polled.values())
             lag: dict[Partition, int] = {}
             for tp in consumer.assignment():
                 highwater = consumer.highwater(tp)
                 if highwater is not None:
                     lag[(tp.topic, tp.partition)] = max(0, highwater - self._next.get(tp, 0))
         self.source._set_lag(lag)
-        for result in results:
-            if self.source.on_result is not None:
-                try:
-                    self.source.on_result(result)
-                except Exception:
-                    log.exception("kafka: on_result callback failed")
-        return count
 
-    def _store(self, polled: Mapping[TopicPartition, list[Any]]) -> list[AppendResult]:
+    def _jobs(
+        self, consumer: KafkaConsumer, polled: Mapping[TopicPartition, list[Any]], grouped: bool
+    ) -> list[_Job]:
+        """Group a poll by topic and start validating it (in the worker for the group's)."""
         source = self.source
         received_at = datetime.now(UTC)
-        batches: dict[str, Batch] = {}
-        where: dict[str, tuple[TopicPartition, int, bytes | None]] = {}
+        by_topic: dict[str, list[tuple[TopicPartition, list[Any]]]] = {}
         for tp, messages in polled.items():
-            name = _source(tp.topic)
-            batch = batches.get(tp.topic)
-            if batch is None:
-                batch = batches[tp.topic] = Batch(source=name)
-            for message in messages:
-                item = read_message(
-                    message.value or b"",
-                    source=name,
-                    location=f"partition {tp.partition} offset {message.offset}",
-                    max_bytes=source.max_message_bytes,
-                    received_at=received_at,
-                    hash_texts=source.hash_texts,
-                )
-                batch.add(item)
-                if isinstance(item, Rejection):
-                    where[item.location + name] = (tp, message.offset, message.key)
-            batch.offsets[(name, str(tp.partition))] = messages[-1].offset + 1
-        results = []
-        for batch in batches.values():
-            result = source.store.append(batch)
-            results.append(result)
-            if result.errors and source.dead_letter_topic:
-                self._dead_letter(result.errors, where, batch)
-        for tp, messages in polled.items():
-            self._next[tp] = self._to_commit[tp] = messages[-1].offset + 1
-        return results
+            if messages:
+                by_topic.setdefault(tp.topic, []).append((tp, messages))
+        jobs = []
+        for topic, parts in by_topic.items():
+            args = (
+                _source(topic),
+                [(tp.partition, [m.offset for m in ms], [m.value or b"" for m in ms])
+                 for tp, ms in parts],
+                source.max_message_bytes,
+                received_at,
+                source.hash_texts,
+            )  # fmt: skip
+            validated: Future[list[Batch]]
+            if grouped and self.validator is not None:
+                validated = self.validator.submit(read_messages, *args)
+            else:
+                validated = Future()
+                validated.set_result(read_messages(*args))
+            jobs.append(_Job(topic, parts, validated, consumer, grouped))
+        return jobs
 
-    def _dead_letter(
-        self,
-        rejections: Sequence[Rejection],
-        where: Mapping[str, tuple[TopicPartition, int, bytes | None]],
-        batch: Batch,
-    ) -> None:
+    def drain(self) -> None:
+        """Write every poll on its way (before a rebalance, and when stopping)."""
+        self._write_pending(0)
+
+    def _write_pending(self, keep: int) -> None:
+        """Write the oldest pending polls until ``keep`` are left, and any further ones already
+        validated (a slow trickle of messages waits for no younger polls); after a failed write
+        the rest are dropped unwritten (they are read again from the stored offsets)."""
+        with self._lock:
+            while len(self._pending) > keep or (
+                self._pending and self._pending[0].validated.done()
+            ):
+                job = self._pending.popleft()
+                try:
+                    self._write(job)
+                except BaseException:
+                    for dropped in self._pending:
+                        dropped.validated.cancel()
+                    self._pending.clear()
+                    raise
+
+    def _write(self, job: _Job) -> None:
+        """Store one job in one transaction with the next offset of each of its partitions."""
+        source = self.source
+        name = _source(job.topic)
+        batch = Batch(source=name, projection=[])
+        with self._lock:
+            batches = job.validated.result()
+            written: list[tuple[TopicPartition, int]] = []
+            for (tp, messages), part in zip(job.parts, batches, strict=True):
+                if job.grouped and tp not in self._owned:
+                    log.info("kafka: %s[%d] was revoked; not writing its last poll", *tp)
+                    continue
+                batch.records.extend(part.records)
+                batch.rejections.extend(part.rejections)
+                if batch.projection is not None and part.projection is not None:
+                    batch.projection.extend(part.projection)  # a key twice adds up in SQLite
+                else:
+                    batch.projection = None
+                written.append((tp, messages[-1].offset + 1))
+                batch.offsets[(name, str(tp.partition))] = messages[-1].offset + 1
+            if not written:
+                return
+            result = source.store.append(batch)
+            if result.errors and source.dead_letter_topic:
+                self._dead_letter(result.errors, job, batch)
+            lag: dict[Partition, int] = {}
+            for tp, position in written:
+                self._next[tp] = self._to_commit[tp] = position
+                highwater = job.consumer.highwater(tp)
+                if highwater is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, highwater - position)
+            source._set_lag(lag)
+        if source.on_result is not None:
+            try:
+                source.on_result(result)
+            except Exception:
+                log.exception("kafka: on_result callback failed")
+
+    def _dead_letter(self, rejections: Sequence[Rejection], job: _Job, batch: Batch) -> None:
         """Copy rejected messages to the dead-letter topic; the store's copy is the truth."""
         topic = self.source.dead_letter_topic
         assert topic is not None
+        where = {
+            f"partition {tp.partition} offset {m.offset}{batch.source}": (tp, m.offset, m.key)
+            for tp, messages in job.parts
+            for m in messages
+        }
         try:
             if self._dead_letters is None:
                 self._dead_letters = KafkaProducer(

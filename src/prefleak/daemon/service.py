@@ -9,6 +9,7 @@ exits 0 well within 10 s.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -135,6 +136,7 @@ class Service:
             hash_texts=self.settings.privacy.hashed,
             client_options=kafka.client_options or None,
             on_result=self._counter("kafka"),
+            workers=kafka.workers,
         )
         return source
 
@@ -314,6 +316,9 @@ class Service:
         """Serve until SIGTERM or SIGINT; returns the exit code (0 after a clean stop)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        # What start-up built (modules, schemas, settings) lives as long as the process: keep it
+        # out of the collector's full passes, which ingest triggers often
+        gc.freeze()
         self._start("http", lambda _stop: self.server.serve_forever(poll_interval=0.2))
         self._start("recompute", self.recomputer.run)
         if self.recomputer.has_slow_steps:
