@@ -83,6 +83,11 @@ def read_lines(
     return batch
 
 
+def kafka_location(partition: int, offset: int) -> str:
+    """Where a Kafka message came from, as rejections name it (and dead letters look it up)."""
+    return f"partition {partition} offset {offset}"
+
+
 def read_messages(
     source: str,
     partitions: list[tuple[int, list[int], list[bytes]]],
@@ -103,7 +108,7 @@ def read_messages(
                 read_message(
                     value,
                     source=source,
-                    location=f"partition {partition} offset {offset}",
+                    location=kafka_location(partition, offset),
                     max_bytes=max_bytes,
                     received_at=received_at,
                     hash_texts=hash_texts,

@@ -43,7 +43,7 @@ from kafka.errors import KafkaError
 from kafka.net.compat import KafkaNetClient
 from kafka.structs import OffsetAndMetadata
 
-from prefleak.ingest import MAX_MESSAGE_BYTES, read_messages
+from prefleak.ingest import MAX_MESSAGE_BYTES, kafka_location, read_messages
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.store import AppendResult, Batch, EventStore, Rejection, StoreWriteError
 
@@ -666,7 +666,7 @@ class _Session:
         topic = self.source.dead_letter_topic
         assert topic is not None
         where = {
-            f"partition {tp.partition} offset {m.offset}{batch.source}": (tp, m.offset, m.key)
+            kafka_location(tp.partition, m.offset) + batch.source: (tp, m.offset, m.key)
             for tp, messages in job.parts
             for m in messages
         }

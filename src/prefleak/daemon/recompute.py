@@ -106,7 +106,7 @@ class Recomputer:
     def slow_once(self, store: EventStore | None = None) -> None:
         """The diversity report and the fingerprint, those that are due, read from ``store``
         (default: the recompute's own connection)."""
-        store = store or self._store
+        store = self._store if store is None else store
         self._refresh_diversity(store)
         self._refresh_fingerprint(store)
 
