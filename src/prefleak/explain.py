@@ -23,9 +23,10 @@ from prefleak.check import propose_panel
 from prefleak.lineage import Lineage, Relation
 from prefleak.pls import TiePolicy, rate
 from prefleak.report import PLSRow
+from prefleak.segments import NO_LABEL
 from prefleak.stats.analysis import POOLED, Analysis, LeakageRow, ScoredPLS
 from prefleak.stats.biases import JudgeBiases
-from prefleak.stats.cells import NO_LABEL, Cells
+from prefleak.stats.cells import Cells
 from prefleak.stats.estimate import round_sig
 from prefleak.stats.leakage import fit_leakage
 from prefleak.store import PromptTexts

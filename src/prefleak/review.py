@@ -26,7 +26,8 @@ import numpy as np
 
 from prefleak.lineage import Lineage
 from prefleak.pls import rate
-from prefleak.stats.cells import NO_LABEL, Cells, FloatArray, IntArray, composite_key
+from prefleak.segments import NO_LABEL
+from prefleak.stats.cells import Cells, FloatArray, IntArray, composite_key
 from prefleak.stats.relations import KINDS, RelationTable, relation_table
 
 SCHEMA = "prefleak.review/1"

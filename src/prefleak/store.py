@@ -29,6 +29,7 @@ from prefleak.models.events import (
     same_content,
     validate,
 )
+from prefleak.segments import ProjectionColumns
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,36 @@ PROJECTION_TABLES = ("verdict_counts", "samples")
 
 PROJECTION_VERSION = 2
 """Bumped whenever a projection's layout changes; a store of another version rebuilds them."""
+
+SEGMENT_S = 86_400
+"""Span of a sealed segment of the verdict projection: a UTC day (docs/storage.md)."""
+_SEGMENTS = (
+    """
+CREATE TABLE IF NOT EXISTS verdict_segments (
+    start INTEGER PRIMARY KEY,
+    sealed_seq INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    data BLOB NOT NULL
+)""",
+    # the newest log position of a verdict in each projection window: what makes a segment stale
+    """
+CREATE TABLE IF NOT EXISTS verdict_hour_changes (
+    window_start INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+)""",
+)
+SEGMENT_TABLES = ("verdict_segments", "verdict_hour_changes")
+"""A cache of ``verdict_counts`` (:mod:`prefleak.segments`): not a projection of its own, so
+neither compared nor compacted; a rebuild empties it."""
+_RECORD_CHANGE = (
+    "INSERT INTO verdict_hour_changes VALUES (?, (SELECT max(seq) FROM events))"
+    " ON CONFLICT (window_start) DO UPDATE SET last_seq = excluded.last_seq"
+)
+_FRESH_SEGMENTS = (
+    "SELECT start, data FROM verdict_segments s WHERE start > ? AND NOT EXISTS ("
+    "SELECT 1 FROM verdict_hour_changes c WHERE c.window_start >= s.start"
+    f" AND c.window_start < s.start + {SEGMENT_S} AND c.last_seq > s.sealed_seq)"
+)
 
 _KEY_COLUMNS = ("window_start", "benchmark", "judge", "model_lo", "model_hi", "prompt_id")
 _COUNT_COLUMNS = (
@@ -524,7 +555,7 @@ class EventStore:
             self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db.executescript(_SCHEMA)
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
-            for statement in _PROJECTIONS:
+            for statement in (*_PROJECTIONS, *_SEGMENTS):
                 self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open event store {self.path}: {exc}") from None
@@ -584,6 +615,9 @@ class EventStore:
             if projection is None or len(fresh) != len(batch.records):
                 projection = _project(fresh)
             self._db.executemany(_UPSERT_COUNTS, projection)
+            self._db.executemany(
+                _RECORD_CHANGE, [(hour,) for hour in {row[0] for row in projection}]
+            )
             _project_samples(self._db, fresh)
             rejections = [*batch.rejections, *conflicts]
             self._db.executemany(
@@ -679,9 +713,9 @@ class EventStore:
         """Drop and recompute every projection from the event log; returns events replayed."""
         replayed = 0
         with self._transaction():
-            for table in PROJECTION_TABLES:
+            for table in (*PROJECTION_TABLES, *SEGMENT_TABLES):
                 self._db.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in _PROJECTIONS:
+            for statement in (*_PROJECTIONS, *_SEGMENTS):
                 self._db.execute(statement)
             self._load_compacted()  # the baseline of compacted events, when there is one
             cursor = self._db.execute(
@@ -713,11 +747,13 @@ class EventStore:
         benchmark: str | None = None,
         *,
         since: float | None = None,
+        before: int | None = None,
         windows: Iterable[int] | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of the verdict projection as plain tuples (the columns of
-        :class:`VerdictCounts`): optionally of one benchmark, of the projection windows that
-        start at ``since`` or later, or of the given projection windows only."""
+        :class:`VerdictCounts`), in key order: optionally of one benchmark, of the projection
+        windows that start at ``since`` or later and before ``before``, or of the given
+        projection windows only."""
         sql = "SELECT * FROM verdict_counts WHERE 1"
         params: list[Any] = []
         if benchmark is not None:
@@ -726,6 +762,9 @@ class EventStore:
         if since is not None:
             sql += " AND window_start >= ?"
             params.append(projection_window(since))
+        if before is not None:
+            sql += " AND window_start < ?"
+            params.append(before)
         if windows is not None:
             starts = sorted(set(windows))
             sql += f" AND window_start IN ({','.join('?' * len(starts))})"
@@ -733,6 +772,53 @@ class EventStore:
         cursor = self._db.execute(sql, params)
         while rows := cursor.fetchmany(10_000):
             yield from rows
+
+    def verdict_columns(
+        self, since: float | None = None, *, benchmark: str | None = None, seal: bool = True
+    ) -> list[ProjectionColumns]:
+        """The verdict projection (from ``since``; of one ``benchmark``) as columns, a part per
+        day in key order: :meth:`verdict_rows` without the cost of a Python tuple per row.
+
+        A day whose sealed segment no verdict has touched since comes from the segment, any
+        other from the rows; with ``seal``, a day before the newest verdict's day read from the
+        rows is sealed on the way, so the next read of it is cheap. Sealing is a cache write:
+        where it cannot happen (a read-only or full disk, a busy writer) the rows serve.
+        """
+        low, newest = self._db.execute(
+            "SELECT min(window_start), max(window_start) FROM verdict_counts"
+        ).fetchone()
+        if newest is None:
+            return []
+        first = low if since is None else max(low, projection_window(since))
+        first_day = first // SEGMENT_S * SEGMENT_S
+        sealed = dict(self._db.execute(_FRESH_SEGMENTS, (first_day - SEGMENT_S,)).fetchall())
+        parts = []
+        for day in range(first_day, newest + 1, SEGMENT_S):
+            columns = ProjectionColumns.from_bytes(sealed[day]) if day in sealed else None
+            if columns is None:
+                seq = self.last_seq()  # before the read: a verdict after it makes the day stale
+                columns = ProjectionColumns.from_rows(
+                    self.verdict_rows(since=day, before=day + SEGMENT_S)
+                )
+                if seal and day + SEGMENT_S <= newest and len(columns):
+                    self._seal(day, seq, columns)
+            if first > day:
+                columns = columns.select(columns.window >= first)
+            if benchmark is not None:
+                columns = columns.select(columns.of_benchmark(benchmark))
+            if len(columns):
+                parts.append(columns)
+        return parts
+
+    def _seal(self, day: int, seq: int, columns: ProjectionColumns) -> None:
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO verdict_segments VALUES (?, ?, ?, ?)",
+                    (day, seq, len(columns), columns.to_bytes()),
+                )
+        except sqlite3.Error as exc:
+            log.debug("day %d of %s not sealed: %s", day, self.path, exc)
 
     def verdict_counts(
         self,

@@ -20,8 +20,9 @@ import numpy as np
 from prefleak.lineage import Lineage
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TiePolicy
 from prefleak.report import PLSRow, pls_table
+from prefleak.segments import NO_LABEL
 from prefleak.stats.biases import JudgeBiases, judge_biases
-from prefleak.stats.cells import NO_LABEL, Cells
+from prefleak.stats.cells import Cells
 from prefleak.stats.changes import (
     DEFAULT_BASELINE_WINDOWS,
     DEFAULT_SLACK,

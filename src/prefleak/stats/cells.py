@@ -9,49 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from prefleak.pls import both_games
+from prefleak.segments import (
+    N_COUNTS,
+    ProjectionColumns,
+    merged_codes,
+)
 from prefleak.stats.estimate import KeyArray, prompt_keys
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-
-_CHUNK_ROWS = 100_000
-"""Projection rows turned into columns at a time: bounds the Python tuples alive at once."""
-
-NO_LABEL = -1
-"""Code of a missing category or track."""
-
-
-class _Vocabulary:
-    """Names to dense integer codes; :meth:`sorted_codes` renumbers them in name order, so the
-    same data gives the same codes (and the same bootstrap draws) whatever order rows came in."""
-
-    def __init__(self) -> None:
-        self.codes: dict[str, int] = {}
-
-    def encode(self, names: Iterable[str | None]) -> IntArray:
-        """Codes of many names; None (a missing label) is :data:`NO_LABEL`."""
-        names = list(names)
-        for name in dict.fromkeys(names):  # the distinct names, in C
-            if name is not None and name not in self.codes:
-                self.codes[name] = len(self.codes)
-        lookup: dict[str | None, int] = {None: NO_LABEL}
-        lookup.update(self.codes)
-        return np.fromiter(map(lookup.__getitem__, names), dtype=np.int64, count=len(names))
-
-    def sorted_codes(self, codes: IntArray) -> tuple[IntArray, tuple[str, ...]]:
-        """``codes`` renumbered by name order, and the names in that order."""
-        names = sorted(self.codes)
-        rank = np.empty(len(names) + 1, dtype=np.int64)
-        rank[[self.codes[name] for name in names]] = np.arange(len(names))
-        rank[-1] = NO_LABEL  # code -1 indexes the last slot
-        return rank[codes], tuple(names)
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,63 +72,44 @@ class Cells:
     def from_rows(cls, rows: Iterable[Sequence[Any]]) -> Cells:
         """Columns of projection rows (``verdict_counts`` tuples, any order; a prompt may span
         several windows)."""
-        models, benchmarks, prompts = _Vocabulary(), _Vocabulary(), _Vocabulary()
-        categories, tracks = _Vocabulary(), _Vocabulary()
-        int_parts: list[IntArray] = []
-        count_parts: list[FloatArray] = []
-        iterator = iter(rows)
-        while chunk := list(islice(iterator, _CHUNK_ROWS)):
-            columns = list(zip(*chunk, strict=True))  # column-wise: C loops, not Python ones
-            int_parts.append(
-                np.stack(
-                    [
-                        np.array(columns[0], dtype=np.int64),
-                        benchmarks.encode(columns[1]),
-                        models.encode(columns[2]),
-                        models.encode(columns[3]),
-                        models.encode(columns[4]),
-                        prompts.encode(map("{}\x1f{}".format, columns[1], columns[5])),
-                        categories.encode(columns[23]),
-                        tracks.encode(columns[24]),
-                    ],
-                    axis=1,
-                )
-            )
-            count_parts.append(np.array(columns[6:23], dtype=np.float64).T)
-        ints = np.concatenate(int_parts) if int_parts else np.zeros((0, 8), dtype=np.int64)
-        counts = np.concatenate(count_parts) if count_parts else np.zeros((0, 17))
+        return cls.from_columns([ProjectionColumns.from_rows(rows)])
+
+    @classmethod
+    def from_columns(cls, parts: Sequence[ProjectionColumns]) -> Cells:
+        """The cells of projection rows read as columns (sealed segments and rows alike), as
+        :meth:`from_rows` of all their rows in part order gives them."""
+        codes = merged_codes(parts)
+        window = np.concatenate([p.window for p in parts]) if parts else np.zeros(0, np.int64)
+        counts = (
+            np.concatenate([p.counts for p in parts]).astype(np.float64)
+            if parts
+            else np.zeros((0, N_COUNTS))
+        )
+        length_sum = np.concatenate([p.length_sum for p in parts]) if parts else np.zeros(0)
         loose, game1, game2 = counts[:, 0:3], counts[:, 3:6], counts[:, 6:9]
         length_n = counts[:, 15]
-        length = np.where(length_n > 0, counts[:, 16] / np.maximum(length_n, 1), 0.0)
-        prompt, prompt_names = prompts.sorted_codes(ints[:, 5])
-        benchmark, benchmark_names = benchmarks.sorted_codes(ints[:, 1])
-        judge, model_names = models.sorted_codes(ints[:, 2])
-        lo, _ = models.sorted_codes(ints[:, 3])
-        hi, _ = models.sorted_codes(ints[:, 4])
-        category, category_names = categories.sorted_codes(ints[:, 6])
-        track, track_names = tracks.sorted_codes(ints[:, 7])
         # codes follow the name order of the models, so lo < hi holds for codes as for names
         return cls(
-            window=ints[:, 0],
-            benchmark=benchmark,
-            judge=judge,
-            lo=lo,
-            hi=hi,
-            prompt=prompt,
-            category=category,
-            track=track,
+            window=window,
+            benchmark=codes["benchmark"],
+            judge=codes["judge"],
+            lo=codes["lo"],
+            hi=codes["hi"],
+            prompt=codes["prompt"],
+            category=codes["category"],
+            track=codes["track"],
             outcomes=both_games(loose, game1, game2),
             verdicts=loose + game1 + game2,
             lo_first=counts[:, 9:12],
             hi_first=counts[:, 12:15],
-            length=length,
+            length=np.where(length_n > 0, length_sum / np.maximum(length_n, 1), 0.0),
             has_length=length_n > 0,
-            models=model_names,
-            benchmarks=benchmark_names,
-            categories=category_names,
-            tracks=track_names,
-            prompts=prompt_names,
-            prompt_keys=prompt_keys(prompt_names),
+            models=codes["models"],
+            benchmarks=codes["benchmarks"],
+            categories=codes["categories"],
+            tracks=codes["tracks"],
+            prompts=codes["prompts"],
+            prompt_keys=prompt_keys(codes["prompts"]),
         )
 
     def select(self, mask: npt.NDArray[np.bool_]) -> Cells:
@@ -195,27 +148,8 @@ class Cells:
             field: np.concatenate([getattr(part, field) for part in parts])
             for field in _DATA_FIELDS
         }
-        for vocabulary, fields in _VOCABULARY_FIELDS.items():
-            names_of = [getattr(part, vocabulary) for part in parts]
-            union = sorted({
-                names[code]
-                for names, part in zip(names_of, parts, strict=True)
-                for code in np.unique([getattr(part, f) for f in fields]).tolist()
-                if code != NO_LABEL
-            })  # fmt: skip
-            index = {name: code for code, name in enumerate(union)}
-            columns[vocabulary] = tuple(union)
-            for field in fields:
-                columns[field] = np.concatenate([
-                    _recode(names, index)[getattr(part, field)]
-                    for names, part in zip(names_of, parts, strict=True)
-                ])  # fmt: skip
-        keys = {
-            name: key
-            for part in parts
-            for name, key in zip(part.prompts, part.prompt_keys.tolist(), strict=True)
-        }
-        columns["prompt_keys"] = np.array([keys[n] for n in columns["prompts"]], dtype=np.uint64)
+        columns.update(merged_codes(parts))
+        columns["prompt_keys"] = prompt_keys(columns["prompts"])
         return cls(**columns)
 
     def totals(self) -> list[tuple[str, str, str, str, int, int, int]]:
@@ -245,22 +179,8 @@ class Cells:
             return None
 
 
-_VOCABULARY_FIELDS = {
-    "models": ("judge", "lo", "hi"),
-    "benchmarks": ("benchmark",),
-    "prompts": ("prompt",),
-    "categories": ("category",),
-    "tracks": ("track",),
-}
-"""Each vocabulary of :class:`Cells` and the columns holding its codes."""
 _DATA_FIELDS = ("window", "outcomes", "verdicts", "lo_first", "hi_first", "length", "has_length")
 """The columns of :class:`Cells` that hold no codes."""
-
-
-def _recode(names: Sequence[str], index: dict[str, int]) -> IntArray:
-    """Old code -> new code, as an array to index with old codes (-1, no label, hits the last
-    slot and stays -1)."""
-    return np.array([*(index.get(name, NO_LABEL) for name in names), NO_LABEL], dtype=np.int64)
 
 
 def composite_key(columns: Sequence[IntArray]) -> IntArray:

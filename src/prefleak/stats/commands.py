@@ -108,7 +108,7 @@ def analyse_store_horizon(args: argparse.Namespace) -> tuple[Analysis, Cells | N
     with EventStore(args.db or default_db()) as store:
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
-        cells = Cells.from_rows(store.verdict_rows(args.benchmark, since=since))
+        cells = Cells.from_columns(store.verdict_columns(since, benchmark=args.benchmark))
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
     analysis = analyse(cells, lineage, options)
     return analysis, horizon_cells(cells, analysis), lineage
