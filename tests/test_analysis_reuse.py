@@ -14,7 +14,7 @@ from prefleak.ingest import Ingestor
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.simulate import Scenario, simulate
-from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse
+from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse, horizon_cells
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore
 
@@ -116,11 +116,11 @@ def test_concatenated_cells_equal_one_read_of_all_rows(tmp_path: Path) -> None:
     ))  # fmt: skip
 
 
-def test_the_service_keeps_its_cells_and_reads_only_the_hours_that_changed(
+def test_the_service_reads_what_a_full_read_gives_and_tallies_what_a_scan_gives(
     tmp_path: Path,
 ) -> None:
-    """Late verdicts, new days and days leaving the kept windows: the cells the service keeps
-    between recomputes are always what a full read of the kept windows gives."""
+    """Late verdicts, new days and days leaving the kept windows: the horizon cells of every
+    snapshot (read through sealed segments) are what a full read of the rows gives."""
     scenario = Scenario(seed=7, prompts_per_benchmark=60, benchmarks=("alpacaeval",), days=6)
     events = list(simulate(scenario))
     verdicts = [e for e in events if e["type"] == "verdict"]
@@ -145,12 +145,12 @@ def test_the_service_keeps_its_cells_and_reads_only_the_hours_that_changed(
             newest = store.newest_verdict_window()
             assert newest is not None
             read = Cells.from_rows(store.verdict_rows(since=options.kept_since(newest)))
-            kept = recomputer._kept_cells
-            assert kept is not None
-            assert _canonical(kept) == _canonical(read)
-            # what the snapshot tallies without scanning the store equals a scan of it
             latest = recomputer.latest
-            assert latest is not None
+            assert latest is not None and latest.analysis is not None
+            horizon = horizon_cells(read, latest.analysis)
+            assert latest.cells is not None and horizon is not None
+            assert _canonical(latest.cells) == _canonical(horizon)
+            # what the snapshot tallies without scanning the store equals a scan of it
             assert latest.events == store.event_counts()
             assert latest.newest_event_ts == store.newest_event_ts()
             lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))

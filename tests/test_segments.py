@@ -13,7 +13,7 @@ from prefleak.ingest import Ingestor
 from prefleak.segments import ProjectionColumns
 from prefleak.simulate import Scenario, simulate
 from prefleak.stats.cells import Cells
-from prefleak.store import SEGMENT_S, EventStore
+from prefleak.store import PROJECTION_WINDOW_S, EventStore
 
 SCENARIO = Scenario(seed=8, prompts_per_benchmark=40, days=4, late_after=None)
 
@@ -49,12 +49,12 @@ def test_columns_equal_the_rows_before_and_after_sealing(store_path: Path) -> No
     with EventStore(store_path) as store:
         rows = Cells.from_rows(store.verdict_rows())
         cold = Cells.from_columns(store.verdict_columns())
-        days = {int(w) // SEGMENT_S * SEGMENT_S for w in rows.window.tolist()}
+        spans = {int(w) // PROJECTION_WINDOW_S * PROJECTION_WINDOW_S for w in rows.window.tolist()}
         sealed = _segments(store_path)
-        # every day but the newest is sealed by the first read; the newest still grows
-        assert set(sealed) == days - {max(days)}
+        # every span but the newest is sealed by the first read; the newest still grows
+        assert set(sealed) == spans - {max(spans)}
         warm = Cells.from_columns(store.verdict_columns())
-        since = min(days) + SEGMENT_S + 5 * 3600  # mid-day: part of a sealed segment
+        since = min(spans) + 5 * PROJECTION_WINDOW_S + 1800  # inside a sealed segment
         part = Cells.from_columns(store.verdict_columns(since))
         bench = rows.benchmarks[-1]
         one = Cells.from_columns(store.verdict_columns(since, benchmark=bench))
@@ -66,13 +66,13 @@ def test_columns_equal_the_rows_before_and_after_sealing(store_path: Path) -> No
     assert one.benchmarks == (bench,) and none == []
 
 
-def test_a_late_verdict_makes_its_day_stale(store_path: Path) -> None:
+def test_a_late_verdict_makes_its_segment_stale(store_path: Path) -> None:
     with EventStore(store_path) as store:
         store.verdict_columns()
         sealed = _segments(store_path)
         oldest = min(sealed)
         late = {
-            "type": "verdict", "id": "late-1", "ts": oldest + 3600.5, "benchmark": "late-bench",
+            "type": "verdict", "id": "late-1", "ts": oldest + 0.5, "benchmark": "late-bench",
             "prompt_id": "p1", "judge": "late-judge", "model_a": "x", "model_b": "y",
             "winner": "a",
         }  # fmt: skip

@@ -1,10 +1,11 @@
 """The verdict projection as columns: what statistics read, and what a sealed segment stores.
 
 SQLite hands rows back as Python tuples, about 10 µs a row of the projection's 25 columns: half a
-full recompute at a million verdicts. A day that no verdict touches any more is therefore also
-kept as one *segment*, its rows as arrays in one blob (docs/storage.md), which decodes in
-milliseconds. Segments are a cache of the projection rows, never a second truth: a verdict that
-lands in a sealed day makes its segment stale, and the day is read from the rows again.
+full recompute at a million verdicts. An hour of the projection that lies before the newest
+verdict's is therefore also kept as one *segment*, its rows as arrays in one blob
+(docs/storage.md), which decodes in well under a millisecond. Segments are a cache of the
+projection rows, never a second truth: a verdict that lands in a sealed hour makes its segment
+stale, and the hour is read from the rows again.
 
 Pure: rows in, arrays out, bytes in and out.
 """
@@ -45,7 +46,7 @@ VOCABULARY_OF = {
 }
 """Each code column and the vocabulary its codes index."""
 VOCABULARIES = ("benchmarks", "models", "prompts", "categories", "tracks")
-_FORMAT = 1
+_FORMAT = 2
 """Layout of :meth:`ProjectionColumns.to_bytes`; a segment of another layout is read again."""
 
 

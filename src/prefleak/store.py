@@ -135,12 +135,10 @@ PROJECTION_TABLES = ("verdict_counts", "samples")
 PROJECTION_VERSION = 2
 """Bumped whenever a projection's layout changes; a store of another version rebuilds them."""
 
-SEGMENT_S = 86_400
-"""Span of a sealed segment of the verdict projection: a UTC day (docs/storage.md)."""
 _SEGMENTS = (
     """
 CREATE TABLE IF NOT EXISTS verdict_segments (
-    start INTEGER PRIMARY KEY,
+    start INTEGER PRIMARY KEY, -- a projection window (hour)
     sealed_seq INTEGER NOT NULL,
     rows INTEGER NOT NULL,
     data BLOB NOT NULL
@@ -160,9 +158,9 @@ _RECORD_CHANGE = (
     " ON CONFLICT (window_start) DO UPDATE SET last_seq = excluded.last_seq"
 )
 _FRESH_SEGMENTS = (
-    "SELECT start, data FROM verdict_segments s WHERE start > ? AND NOT EXISTS ("
-    "SELECT 1 FROM verdict_hour_changes c WHERE c.window_start >= s.start"
-    f" AND c.window_start < s.start + {SEGMENT_S} AND c.last_seq > s.sealed_seq)"
+    "SELECT start, data FROM verdict_segments s WHERE start >= ? AND NOT EXISTS ("
+    "SELECT 1 FROM verdict_hour_changes c WHERE c.window_start = s.start"
+    " AND c.last_seq > s.sealed_seq)"
 )
 
 _KEY_COLUMNS = ("window_start", "benchmark", "judge", "model_lo", "model_hi", "prompt_id")
@@ -777,12 +775,14 @@ class EventStore:
         self, since: float | None = None, *, benchmark: str | None = None, seal: bool = True
     ) -> list[ProjectionColumns]:
         """The verdict projection (from ``since``; of one ``benchmark``) as columns, a part per
-        day in key order: :meth:`verdict_rows` without the cost of a Python tuple per row.
+        projection window (hour) in key order: :meth:`verdict_rows` without the cost of a
+        Python tuple per row.
 
-        A day whose sealed segment no verdict has touched since comes from the segment, any
-        other from the rows; with ``seal``, a day before the newest verdict's day read from the
-        rows is sealed on the way, so the next read of it is cheap. Sealing is a cache write:
-        where it cannot happen (a read-only or full disk, a busy writer) the rows serve.
+        An hour whose sealed segment no verdict has touched since comes from the segment, any
+        other from the rows; with ``seal``, an hour before the newest verdict's that was read
+        from the rows is sealed on the way, so the next read of it is cheap (a late verdict
+        costs its hour's rows once). Sealing is a cache write: where it cannot happen (a
+        read-only or full disk, a busy writer) the rows serve.
         """
         low, newest = self._db.execute(
             "SELECT min(window_start), max(window_start) FROM verdict_counts"
@@ -790,35 +790,32 @@ class EventStore:
         if newest is None:
             return []
         first = low if since is None else max(low, projection_window(since))
-        first_day = first // SEGMENT_S * SEGMENT_S
-        sealed = dict(self._db.execute(_FRESH_SEGMENTS, (first_day - SEGMENT_S,)).fetchall())
+        sealed = dict(self._db.execute(_FRESH_SEGMENTS, (first,)).fetchall())
         parts = []
-        for day in range(first_day, newest + 1, SEGMENT_S):
-            columns = ProjectionColumns.from_bytes(sealed[day]) if day in sealed else None
+        for span in range(first, newest + 1, PROJECTION_WINDOW_S):
+            columns = ProjectionColumns.from_bytes(sealed[span]) if span in sealed else None
             if columns is None:
-                seq = self.last_seq()  # before the read: a verdict after it makes the day stale
+                seq = self.last_seq()  # before the read: a verdict after it makes it stale
                 columns = ProjectionColumns.from_rows(
-                    self.verdict_rows(since=day, before=day + SEGMENT_S)
+                    self.verdict_rows(since=span, before=span + PROJECTION_WINDOW_S)
                 )
-                if seal and day + SEGMENT_S <= newest and len(columns):
-                    self._seal(day, seq, columns)
-            if first > day:
-                columns = columns.select(columns.window >= first)
+                if seal and span < newest and len(columns):
+                    self._seal(span, seq, columns)
             if benchmark is not None:
                 columns = columns.select(columns.of_benchmark(benchmark))
             if len(columns):
                 parts.append(columns)
         return parts
 
-    def _seal(self, day: int, seq: int, columns: ProjectionColumns) -> None:
+    def _seal(self, span: int, seq: int, columns: ProjectionColumns) -> None:
         try:
             with self._transaction():
                 self._db.execute(
                     "INSERT OR REPLACE INTO verdict_segments VALUES (?, ?, ?, ?)",
-                    (day, seq, len(columns), columns.to_bytes()),
+                    (span, seq, len(columns), columns.to_bytes()),
                 )
         except sqlite3.Error as exc:
-            log.debug("day %d of %s not sealed: %s", day, self.path, exc)
+            log.debug("segment %d of %s not sealed: %s", span, self.path, exc)
 
     def verdict_counts(
         self,

@@ -94,7 +94,7 @@ class Snapshot:
     inferred_relations: dict[str, int] | None = None
     """Relations in force that are inferences, per kind (from the recompute's lineage)."""
     cells: Cells | None = None
-    """The verdict cells the analysis read (the kept windows): explain's per-prompt evidence."""
+    """The verdict cells of the analysis's horizon: explain's per-prompt evidence."""
 
 
 def verdict_series(

@@ -18,13 +18,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from prefleak.config import Settings
 from prefleak.daemon.metrics import Metrics, Snapshot, Triple, verdict_series
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
-from prefleak.stats.analysis import StatisticsOptions, WindowResult, analyse
+from prefleak.stats.analysis import StatisticsOptions, WindowResult, analyse, horizon_cells
 from prefleak.stats.cells import Cells
 from prefleak.store import EventStore, LogTally, VerdictTotal, projection_window
 
@@ -76,8 +74,6 @@ class Recomputer:
         self._fingerprint_due = 0.0
         self._seen_seq: int | None = None
         """Log position the last analysis had seen; None before the first."""
-        self._kept_cells: Cells | None = None
-        """The cells of the last recompute (bounded by the kept windows)."""
         self._tally = LogTally()
         """Events by type and the newest event time, read up to ``_tally.seq``."""
         self._older_totals: tuple[int, list[VerdictTotal]] | None = None
@@ -204,32 +200,14 @@ class Recomputer:
                   len(report.inferences))  # fmt: skip
 
     def _changes(self) -> set[int] | None:
-        """Projection hours that verdicts stored since the last recompute fell in; None on the
-        first one (read everything)."""
+        """Projection hours that verdicts stored since the last recompute fell in (their windows
+        cannot be reused); None on the first one."""
         store = self._store
         if self._seen_seq is None:
             self._seen_seq = store.last_seq()
             return None
         hours, self._seen_seq = store.verdict_windows_since(self._seen_seq)
         return hours
-
-    def _cells(self, since: float | None, changed: set[int] | None) -> Cells:
-        """The kept cells: all of them read on the first recompute; later, the cells of the
-        last one with the changed hours read again and the hours past the horizon dropped."""
-        store, kept = self._store, self._kept_cells
-        first = None if since is None else projection_window(since)
-        if changed is None or kept is None:
-            cells = Cells.from_columns(store.verdict_columns(since))
-        else:
-            stays = ~np.isin(kept.window, list(changed))
-            if first is not None:
-                stays &= kept.window >= first
-            fresh = [hour for hour in changed if first is None or hour >= first]
-            cells = Cells.concat(
-                [kept.select(stays), Cells.from_rows(store.verdict_rows(windows=fresh))]
-            )
-        self._kept_cells = cells
-        return cells
 
     def _reusable(
         self, options: StatisticsOptions, events: dict[str, int], changed: set[int] | None
@@ -271,7 +249,9 @@ class Recomputer:
         reuse = self._reusable(options, tally.counts, changed)
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
-        cells = self._cells(since, changed)
+        # every kept window read again (sealed hours are cheap): nothing but the snapshot's
+        # horizon stays in memory between recomputes
+        cells = Cells.from_columns(store.verdict_columns(since))
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
         analysis = analyse(cells, lineage, options, reuse=reuse)
         table = [scored.row for scored in analysis.pls if scored.slice == "horizon"]
@@ -293,7 +273,7 @@ class Recomputer:
             newest_event_ts=tally.newest_ts,
             inferred_relations=dict(inferred),
             analysis=analysis,
-            cells=cells,
+            cells=horizon_cells(cells, analysis),
         )
 
 
