@@ -177,8 +177,14 @@ def test_watched_directory_survives_repeated_kill_9(tmp_path: Path) -> None:
     process: subprocess.Popen[bytes] | None = None
     writer.start()
     try:
-        while writer.is_alive() or kills < MIN_FILE_KILLS:
-            assert time.monotonic() - started < 60, f"only {kills} kills in 60 s"
+        # on a loaded machine start-up is slow and many lives die before storing anything: go
+        # on until five did, unless every file is already consumed
+        while (
+            writer.is_alive()
+            or kills < MIN_FILE_KILLS
+            or (lives_with_progress < 5 and not _consumed(db, incoming))
+        ):
+            assert time.monotonic() - started < 90, f"only {kills} kills in 90 s"
             before = _stored(db)
             log_start = log.tell()
             process = subprocess.Popen(
