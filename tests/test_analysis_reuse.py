@@ -13,6 +13,7 @@ from prefleak.daemon.recompute import Recomputer, statistics_options
 from prefleak.ingest import Ingestor
 from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
+from prefleak.segments import ProjectionColumns
 from prefleak.simulate import Scenario, simulate
 from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse, horizon_cells
 from prefleak.stats.cells import Cells
@@ -95,7 +96,9 @@ def _canonical(cells: Cells) -> dict[str, object]:
     return columns
 
 
-def test_concatenated_cells_equal_one_read_of_all_rows(tmp_path: Path) -> None:
+def test_cells_of_parts_equal_one_read_of_all_rows(tmp_path: Path) -> None:
+    """Parts with vocabularies of their own (as sealed segments have) merge into the cells of
+    one read: names in use only, codes in name order."""
     scenario = Scenario(seed=6, prompts_per_benchmark=40, days=3)
     with EventStore(tmp_path / "s.db") as store:
         Ingestor(store).ingest_lines(
@@ -106,14 +109,17 @@ def test_concatenated_cells_equal_one_read_of_all_rows(tmp_path: Path) -> None:
     part = rng.integers(0, 3, size=len(rows))
     part[: len(rows) // 2] = 0  # one large part; the others miss some names of it
     parts = [
-        Cells.from_rows(r for r, p in zip(rows, part, strict=True) if p == k) for k in range(3)
+        ProjectionColumns.from_rows(r for r, p in zip(rows, part, strict=True) if p == k)
+        for k in range(3)
     ]
-    assert _canonical(Cells.concat(parts)) == _canonical(Cells.from_rows(rows))
-    whole = Cells.from_rows(rows)
-    kept = whole.select(whole.window < whole.window.max())  # names only the last hour has go
-    assert _canonical(Cells.concat([kept])) == _canonical(Cells.from_rows(
-        r for r in rows if r[0] < whole.window.max()
-    ))  # fmt: skip
+    assert _canonical(Cells.from_columns(parts)) == _canonical(Cells.from_rows(rows))
+    whole = ProjectionColumns.from_rows(rows)
+    last = whole.window.max()
+    kept = whole.select(whole.window < last)  # names only the last hour has go
+    assert _canonical(Cells.from_columns([kept])) == _canonical(
+        Cells.from_rows(r for r in rows if r[0] < last)
+    )
+    assert len(Cells.from_columns([])) == 0
 
 
 def test_the_service_reads_what_a_full_read_gives_and_tallies_what_a_scan_gives(

@@ -137,21 +137,6 @@ class Cells:
             prompt_keys=self.prompt_keys,
         )
 
-    @classmethod
-    def concat(cls, parts: Sequence[Cells]) -> Cells:
-        """The cells of several parts as one, as :meth:`from_rows` of all their rows gives them
-        (vocabularies of the names in use, codes in name order; rows in part order).
-
-        The service keeps its cells between recomputes and replaces only the hours that new
-        verdicts touched: reading every kept cell again is half of a full recompute."""
-        columns: dict[str, Any] = {
-            field: np.concatenate([getattr(part, field) for part in parts])
-            for field in _DATA_FIELDS
-        }
-        columns.update(merged_codes(parts))
-        columns["prompt_keys"] = prompt_keys(columns["prompts"])
-        return cls(**columns)
-
     def totals(self) -> list[tuple[str, str, str, str, int, int, int]]:
         """Per (benchmark, judge, lo, hi): lo wins, hi wins and verdicts, every game counted, as
         :meth:`~prefleak.store.EventStore.verdict_totals` sums them over the same rows."""
@@ -177,10 +162,6 @@ class Cells:
             return self.models.index(name)
         except ValueError:
             return None
-
-
-_DATA_FIELDS = ("window", "outcomes", "verdicts", "lo_first", "hi_first", "length", "has_length")
-"""The columns of :class:`Cells` that hold no codes."""
 
 
 def composite_key(columns: Sequence[IntArray]) -> IntArray:
