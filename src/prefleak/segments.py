@@ -195,19 +195,27 @@ def merged_codes(parts: Sequence[Any]) -> dict[str, Any]:
     for vocabulary in VOCABULARIES:
         fields = [field for field, name in VOCABULARY_OF.items() if name == vocabulary]
         names_of: list[tuple[str, ...]] = [getattr(part, vocabulary) for part in parts]
-        union = sorted({
-            names[code]
-            for names, part in zip(names_of, parts, strict=True)
-            for code in np.unique([getattr(part, field) for field in fields]).tolist()
-            if code != NO_LABEL
-        })  # fmt: skip
-        index = {name: code for code, name in enumerate(union)}
-        merged[vocabulary] = tuple(union)
-        for field in fields:
-            # code -1 (no label) indexes the last slot of each part's map and stays -1
-            recoded = [
-                np.array([*(index.get(n, NO_LABEL) for n in names), NO_LABEL])[getattr(part, field)]
-                for names, part in zip(names_of, parts, strict=True)
-            ]
-            merged[field] = np.concatenate(recoded) if recoded else np.zeros(0, dtype=np.int64)
+        every = sorted(set().union(*names_of))
+        index = {name: code for code, name in enumerate(every)}
+        # each part's codes as codes of every name; -1 (no label) hits the last slot, stays -1
+        maps = [np.array([*map(index.__getitem__, names), NO_LABEL]) for names in names_of]
+        columns = {
+            field: np.concatenate(
+                [m[getattr(part, field)] for m, part in zip(maps, parts, strict=True)]
+            )
+            if parts
+            else np.zeros(0, dtype=np.int64)
+            for field in fields
+        }
+        # then only the names some row uses, keeping their order: one pass over all rows
+        used = np.zeros(len(every) + 1, dtype=np.bool_)
+        for column in columns.values():
+            used[column] = True
+        used[-1] = False  # the no-label slot
+        rank = np.cumsum(used) - 1
+        rank[-1] = NO_LABEL
+        merged[vocabulary] = tuple(
+            name for name, hit in zip(every, used[:-1].tolist(), strict=True) if hit
+        )
+        merged.update((field, rank[column]) for field, column in columns.items())
     return merged
