@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
+SmallIntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float64]
 
 NO_LABEL = -1
@@ -76,18 +77,19 @@ class ProjectionColumns:
     """Rows of ``verdict_counts`` as arrays, names as codes into the part's own vocabularies.
 
     ``counts`` holds the 15 outcome counters and ``length_n`` of each row, in the table's column
-    order; ``length_sum`` its ``length_log_ratio_sum``.
+    order; ``length_sum`` its ``length_log_ratio_sum``. Codes and counts are int32, as stored:
+    a read holds hundreds of parts at once, and this halves them.
     """
 
     window: IntArray
-    benchmark: IntArray
-    judge: IntArray
-    lo: IntArray
-    hi: IntArray
-    prompt: IntArray
-    category: IntArray
-    track: IntArray
-    counts: IntArray
+    benchmark: SmallIntArray
+    judge: SmallIntArray
+    lo: SmallIntArray
+    hi: SmallIntArray
+    prompt: SmallIntArray
+    category: SmallIntArray
+    track: SmallIntArray
+    counts: SmallIntArray
     length_sum: FloatArray
     benchmarks: tuple[str, ...]
     models: tuple[str, ...]
@@ -121,8 +123,8 @@ class ProjectionColumns:
         table = np.concatenate(ints) if ints else np.zeros((0, 8 + N_COUNTS), dtype=np.int64)
         fields: dict[str, Any] = {
             "window": table[:, 0].copy(),
-            **{field: table[:, 1 + k].copy() for k, field in enumerate(_CODE_FIELDS)},
-            "counts": table[:, 8:].copy(),
+            **{field: table[:, 1 + k].astype(np.int32) for k, field in enumerate(_CODE_FIELDS)},
+            "counts": table[:, 8:].astype(np.int32),
             "length_sum": np.concatenate(sums) if sums else np.zeros(0),
             **{name: vocabularies[name].names for name in VOCABULARIES},
         }
@@ -165,9 +167,9 @@ class ProjectionColumns:
         arrays: dict[str, Any] = {}
         for field, dtype in _LAYOUT:
             width = N_COUNTS if field == "counts" else 1
-            array = np.frombuffer(data, dtype=dtype, count=n * width, offset=offset)
-            offset += array.nbytes
-            array = array.astype(np.float64 if field == "length_sum" else np.int64)
+            stored = np.frombuffer(data, dtype=dtype, count=n * width, offset=offset)
+            offset += stored.nbytes
+            array = stored.astype(stored.dtype.newbyteorder("="))  # a copy: the blob can go
             arrays[field] = array.reshape(n, N_COUNTS) if width > 1 else array
         arrays.update((name, tuple(header[name])) for name in VOCABULARIES)
         return cls(**arrays)

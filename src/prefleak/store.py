@@ -793,7 +793,8 @@ class EventStore:
         sealed = dict(self._db.execute(_FRESH_SEGMENTS, (first,)).fetchall())
         parts = []
         for span in range(first, newest + 1, PROJECTION_WINDOW_S):
-            columns = ProjectionColumns.from_bytes(sealed[span]) if span in sealed else None
+            blob = sealed.pop(span, None)  # each blob freed once decoded
+            columns = None if blob is None else ProjectionColumns.from_bytes(blob)
             if columns is None:
                 seq = self.last_seq()  # before the read: a verdict after it makes it stale
                 columns = ProjectionColumns.from_rows(
