@@ -162,6 +162,8 @@ def test_the_service_reads_what_a_full_read_gives_and_tallies_what_a_scan_gives(
             lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
             scanned, _ = verdict_series(store.verdict_totals(), lineage, settings.metrics)
             assert list(latest.verdicts) == scanned
-            recomputer.once()  # nothing new: the same again
-            assert recomputer.latest is not None and recomputer.latest.verdicts == latest.verdicts
+            recomputer.once()  # nothing new: the same again, not even recomputed
+            again = recomputer.latest
+            assert again is not None and again.verdicts == latest.verdicts
+            assert again.analysis is latest.analysis and again.finished_at > latest.finished_at
         assert len(read) < len(list(store.verdict_rows()))  # some days were left out

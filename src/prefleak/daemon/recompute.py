@@ -247,6 +247,17 @@ class Recomputer:
         self._tally = tally = self._tally + store.log_tally(self._tally.seq)
         changed = self._changes()
         reuse = self._reusable(options, tally.counts, changed)
+        previous = self._latest
+        if reuse is not None and not changed and previous is not None:
+            # no verdict and no provenance since the last one: its statistics stand as they are
+            return replace(
+                previous,
+                finished_at=time.time(),
+                duration_s=time.monotonic() - started,
+                events=tally.counts,
+                dead_letters=store.rejected_count(),
+                newest_event_ts=tally.newest_ts,
+            )
         newest = store.newest_verdict_window()
         since = None if newest is None else options.kept_since(newest)
         # every kept window read again (sealed hours are cheap): nothing but the snapshot's
