@@ -330,9 +330,9 @@ def test_check_db_passes_a_sound_store(db: Path, capsys: pytest.CaptureFixture[s
     report = json.loads(out)
     assert code == 0 and report["ok"] is True
     assert [c["name"] for c in report["checks"]] == [
-        "open", "quick_check", "integrity_check", "tables", "projections", "deep",
+        "open", "quick_check", "integrity_check", "tables", "projections", "deep", "segments",
     ]  # fmt: skip
-    assert "replayed 1,000 events" in report["checks"][-1]["detail"]
+    assert "replayed 1,000 events" in report["checks"][-2]["detail"]
 
 
 @pytest.mark.parametrize(

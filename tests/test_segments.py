@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prefleak.dbtools import check_database
 from prefleak.ingest import Ingestor
 from prefleak.segments import ProjectionColumns
 from prefleak.simulate import Scenario, simulate
@@ -127,3 +128,25 @@ def test_blob_round_trip_and_unknown_layouts(store_path: Path) -> None:
     assert back.models == columns.models and back.prompts == columns.prompts
     header = json.dumps({"format": 999}).encode()
     assert ProjectionColumns.from_bytes(len(header).to_bytes(4, "little") + header) is None
+
+
+def test_check_db_deep_compares_the_segments_with_their_rows(store_path: Path) -> None:
+    with EventStore(store_path) as store:
+        store.verdict_columns()
+    sealed = sorted(_segments(store_path))
+    report = check_database(store_path, deep=True)
+    segments = {c.name: c for c in report.checks}["segments"]
+    assert report.ok and segments.ok
+    assert segments.detail == f"{len(sealed):,} sealed hours equal their rows"
+    with sqlite3.connect(store_path) as db:  # one hour's blob where another's belongs
+        db.execute(
+            "UPDATE verdict_segments SET data = (SELECT data FROM verdict_segments WHERE start = ?)"
+            " WHERE start = ?",
+            (sealed[0], sealed[1]),
+        )
+    db.close()
+    report = check_database(store_path, deep=True)
+    segments = {c.name: c for c in report.checks}["segments"]
+    assert not report.ok and not segments.ok
+    assert segments.detail.startswith(f"1 of {len(sealed):,} sealed hours differ from their rows")
+    assert segments.detail.endswith("run `prefleak rebuild`")

@@ -26,12 +26,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
 from prefleak.config import add_db_option, default_db
-from prefleak.store import PROJECTION_TABLES, EventStore, StoreError
+from prefleak.store import PROJECTION_TABLES, EventStore, StoreError, segment_disagreements
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -280,6 +281,7 @@ def check_database(
         db.close()
     if deep and report.ok:
         _deep_check(path, report, timeout)
+        _segment_check(path, report, timeout)
     return report
 
 
@@ -374,6 +376,30 @@ def _deep_check(path: Path, report: CheckReport, timeout: float) -> None:
         report.add("deep", False, "; ".join(problems) + "; run `prefleak rebuild`")
     else:
         report.add("deep", True, f"replayed {replayed:,} events: {', '.join(sizes)}, all equal")
+
+
+def _segment_check(path: Path, report: CheckReport, timeout: float) -> None:
+    """Every sealed segment in use against the rows it caches (docs/storage.md)."""
+    try:
+        db = _open_snapshot(path, timeout)
+        try:
+            compared, wrong = segment_disagreements(db)
+        finally:
+            db.close()
+    except (DbToolError, sqlite3.Error) as exc:
+        report.add("segments", False, f"cannot compare the sealed segments: {exc}")
+        return
+    if wrong:
+        hours = ", ".join(
+            datetime.fromtimestamp(h, UTC).strftime("%Y-%m-%d %H:00") for h in wrong[:5]
+        )
+        report.add(
+            "segments", False,
+            f"{len(wrong):,} of {compared:,} sealed hours differ from their rows ({hours}"
+            f"{', ...' if len(wrong) > 5 else ''}); run `prefleak rebuild`",
+        )  # fmt: skip
+    else:
+        report.add("segments", True, f"{compared:,} sealed hours equal their rows")
 
 
 Rows = list[tuple[Any, ...]]

@@ -540,6 +540,19 @@ class LogTally:
         return LogTally(dict(sorted(counts.items())), max(times, default=None), later.seq)
 
 
+def segment_disagreements(db: sqlite3.Connection) -> tuple[int, list[int]]:
+    """The sealed segments no verdict has touched since they were sealed, each compared with
+    the rows it caches (sealed again from them, it must give the same blob): how many were
+    compared, and the hours whose segment differs (``prefleak check-db --deep``)."""
+    compared, wrong = 0, []
+    for start, blob in db.execute(_FRESH_SEGMENTS, (-(2**62),)):
+        rows = db.execute("SELECT * FROM verdict_counts WHERE window_start = ?", (start,))
+        compared += 1
+        if ProjectionColumns.from_rows(rows).to_bytes() != blob:
+            wrong.append(int(start))
+    return compared, wrong
+
+
 class EventStore:
     """SQLite event log with its projections; one writer, any number of readers."""
 
