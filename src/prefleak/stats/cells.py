@@ -160,22 +160,20 @@ class Cells:
         )
 
     def select(self, mask: npt.NDArray[np.bool_]) -> Cells:
-        """The cells where ``mask`` holds, with the same vocabularies."""
+        """The cells where ``mask`` holds, with the same vocabularies.
+
+        A recompute selects a dozen slices of a million cells: the positions are found once and
+        gathered with ``take`` (boolean indexing of the (n, 3) columns is several times slower),
+        and a contiguous run (a time range of time-ordered cells) is a view, not a copy. Cells
+        are never written to, so sharing memory with the parent is safe."""
+        index = np.flatnonzero(mask)
+        if index.size and int(index[-1]) - int(index[0]) + 1 == index.size:
+            run = slice(int(index[0]), int(index[-1]) + 1)
+            columns = {name: getattr(self, name)[run] for name in _ROW_FIELDS}
+        else:
+            columns = {name: getattr(self, name).take(index, axis=0) for name in _ROW_FIELDS}
         return Cells(
-            window=self.window[mask],
-            benchmark=self.benchmark[mask],
-            judge=self.judge[mask],
-            lo=self.lo[mask],
-            hi=self.hi[mask],
-            prompt=self.prompt[mask],
-            category=self.category[mask],
-            track=self.track[mask],
-            outcomes=self.outcomes[mask],
-            verdicts=self.verdicts[mask],
-            lo_first=self.lo_first[mask],
-            hi_first=self.hi_first[mask],
-            length=self.length[mask],
-            has_length=self.has_length[mask],
+            **columns,
             models=self.models,
             benchmarks=self.benchmarks,
             categories=self.categories,
@@ -255,6 +253,8 @@ _VOCABULARY_FIELDS = {
 """Each vocabulary of :class:`Cells` and the columns holding its codes."""
 _DATA_FIELDS = ("window", "outcomes", "verdicts", "lo_first", "hi_first", "length", "has_length")
 """The columns of :class:`Cells` that hold no codes."""
+_ROW_FIELDS = (*_DATA_FIELDS, *(f for fields in _VOCABULARY_FIELDS.values() for f in fields))
+"""Every column of :class:`Cells` with one entry per cell."""
 
 
 def _recode(names: Sequence[str], index: dict[str, int]) -> IntArray:
