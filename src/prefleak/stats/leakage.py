@@ -363,6 +363,8 @@ def _bootstrap(
     seed: int,
 ) -> FloatArray:
     """One-step bootstrap draws (n_bootstrap, len(interest)), plus the draws of log tau last."""
+    if n_bootstrap == 0:  # the leaderboard's naive fit: no per-prompt scores to compute
+        return np.zeros((0, len(interest) + 1))
     n_params = design.matrix.shape[1]
     tau = 0.0 if solution.log_tau is None else float(np.exp(solution.log_tau))
     eta = design.matrix @ solution.beta
