@@ -1,4 +1,5 @@
-"""A recompute gives the same answer whatever number of threads computes its slices."""
+"""A recompute gives the same answer whatever number of threads computes its slices, and its
+sped-up parts (select, Poisson weights) the numbers of the plain numpy they replace."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.simulate import Scenario, simulate
 from prefleak.stats.analysis import Analysis, StatisticsOptions, analyse
 from prefleak.stats.cells import Cells
+from prefleak.stats.estimate import _POISSON_CDF, _poisson_quantile
 from prefleak.stats.parallel import Serial, default_threads
 from prefleak.store import EventStore
 
@@ -124,3 +126,10 @@ def test_select_gives_the_masked_cells(stream: tuple[Cells, Lineage]) -> None:
             assert column.dtype == expected.dtype and column.shape == expected.shape
             assert np.array_equal(column, expected)
         assert part.models == cells.models and part.prompt_keys is cells.prompt_keys
+
+
+def test_poisson_weights_are_the_inverse_cdf() -> None:
+    """The vectorised count equals searchsorted on the CDF, up to the tail."""
+    uniform = np.concatenate([np.linspace(0, 1, 10_001)[:-1], _POISSON_CDF, _POISSON_CDF - 1e-17])
+    expected = np.searchsorted(_POISSON_CDF, uniform, side="right").astype(np.float64)
+    assert np.array_equal(_poisson_quantile(uniform[None, :])[0], expected)
