@@ -24,7 +24,7 @@ from prefleak.pls import (
     estimate_many,
     win_rate,
 )
-from prefleak.stats.cells import Cells, IntArray, composite_key
+from prefleak.stats.cells import Cells, IntArray, composite_key, key_groups
 from prefleak.stats.relations import KINDS, RelationTable, relation_table
 
 
@@ -83,8 +83,7 @@ class _JudgeCounts:
 
 def _judge_counts(cells: Cells) -> _JudgeCounts:
     key = composite_key([cells.benchmark, cells.lo, cells.hi, cells.judge, cells.prompt])
-    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    unique, first, inverse = key_groups(key)  # the key names every column read at first
     outcomes = np.stack(
         [np.bincount(inverse, cells.outcomes[:, k], minlength=unique.size) for k in range(3)],
         axis=1,

@@ -65,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from prefleak.lineage import Lineage
-from prefleak.stats.cells import Cells, composite_key
+from prefleak.stats.cells import Cells, composite_key, key_groups
 from prefleak.stats.estimate import Estimate, KeyArray, bootstrap_sums, percentile_ci
 
 IntArray = npt.NDArray[np.int64]
@@ -125,8 +125,7 @@ class _Comparisons:
     @classmethod
     def of(cls, cells: Cells) -> _Comparisons:
         keys = composite_key([cells.judge, cells.prompt, cells.lo, cells.hi])
-        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        unique, first, inverse = key_groups(keys)  # the key names every column read at first
         outcomes = np.stack(
             [np.bincount(inverse, cells.outcomes[:, k], minlength=len(unique)) for k in range(3)],
             axis=1,

@@ -270,3 +270,16 @@ def composite_key(columns: Sequence[IntArray]) -> IntArray:
     for column in columns:
         key = key * (int(column.max(initial=0)) + 1) + column
     return key
+
+
+def key_groups(key: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+    """``np.unique(key, return_index=True, return_inverse=True)`` for keys that determine every
+    column a caller reads at the index: the index is *some* row of each group, not the first.
+
+    Asking for the first occurrence makes numpy sort stably (timsort); without it, it sorts with
+    its faster quicksort: 18 -> 10 ms for the 250k cells of a 7-day horizon."""
+    unique, inverse = np.unique(key, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    member = np.empty(unique.size, dtype=np.int64)
+    member[inverse] = np.arange(key.size)
+    return unique, member, inverse
