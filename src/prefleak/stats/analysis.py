@@ -339,7 +339,10 @@ def _analyse(
     pool: Executor,
 ) -> Analysis:
     """:func:`analyse` with its slices submitted to ``pool``, the biggest first (so the last to
-    finish are small), and their results taken in the serial order."""
+    finish are small), and their results taken in the serial order.
+
+    The slices share only read-only arrays and the lineage, which they ask nothing that
+    :func:`relation_table` (computed here first) has not already put in its caches."""
     windows = cells.window // options.window_s * options.window_s
     end = int(windows.max()) + options.window_s
     start = end - options.max_windows * options.window_s
