@@ -9,6 +9,7 @@ S_i, S_j compared head to head, WR(x, y) is the share of comparisons judge y awa
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -220,15 +221,19 @@ def estimate_many(
         low[rows] = np.where(finite > 0, quantiles[0], np.nan)
         high[rows] = np.where(finite > 0, quantiles[1], np.nan)
         se[rows] = np.where(finite > 1, spread, np.nan)
+    # as Python floats (the same values): the per-row checks below are then cheap Python ones
+    by_rate = {k: v.tolist() for k, v in rates.items()}
+    score_list, low_list, high_list, se_list = (a.tolist() for a in (scores, low, high, se))
+    prompt_list = np.asarray(n_prompts).tolist()
     return [
         _estimate(
-            scores[r],
-            {k: v[r] for k, v in rates.items()},
-            int(n_prompts[r]),
+            score_list[r],
+            {k: v[r] for k, v in by_rate.items()},
+            int(prompt_list[r]),
             min_prompts,
-            low[r],
-            high[r],
-            se[r],
+            low_list[r],
+            high_list[r],
+            se_list[r],
         )
         for r in range(n_rows)
     ]
@@ -254,22 +259,22 @@ def _estimate(
     """One row's estimate, with the reason when it has no score."""
     win_rates = (
         None
-        if any(np.isnan(r) for r in rates.values())
+        if any(math.isnan(r) for r in rates.values())
         else WinRates(**{k: float(v) for k, v in rates.items()})
     )
     if n_prompts < min_prompts:
         reason = f"too few prompts ({n_prompts} < {min_prompts})"
         return PLSEstimate(None, None, None, n_prompts, win_rates, reason)
-    if np.isnan(score):
+    if math.isnan(score):
         reason = (
             "a judge has no comparison to rate"
             if win_rates is None
             else "an average win rate is zero"
         )
         return PLSEstimate(None, None, None, n_prompts, win_rates, reason)
-    if np.isnan(low):
+    if math.isnan(low):
         return PLSEstimate(float(score), None, None, n_prompts, win_rates)
     return PLSEstimate(
         float(score), float(low), float(high), n_prompts, win_rates,
-        se=None if np.isnan(se) else float(se),
+        se=None if math.isnan(se) else float(se),
     )  # fmt: skip

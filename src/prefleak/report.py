@@ -24,7 +24,7 @@ from prefleak.pls import (
     estimate_many,
     win_rate,
 )
-from prefleak.stats.cells import Cells, IntArray, composite_key
+from prefleak.stats.cells import Cells, IntArray, composite_key, key_groups
 from prefleak.stats.relations import KINDS, RelationTable, relation_table
 
 
@@ -83,8 +83,7 @@ class _JudgeCounts:
 
 def _judge_counts(cells: Cells) -> _JudgeCounts:
     key = composite_key([cells.benchmark, cells.lo, cells.hi, cells.judge, cells.prompt])
-    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    unique, first, inverse = key_groups(key)  # the key names every column read at first
     outcomes = np.stack(
         [np.bincount(inverse, cells.outcomes[:, k], minlength=unique.size) for k in range(3)],
         axis=1,
@@ -209,12 +208,14 @@ def pls_table(
         min_prompts=min_prompts,
     )  # fmt: skip
     humans = _human_outcomes(counts, relations, cells.models)
+    human_rates: dict[tuple[int, bool], tuple[float, float]] = {}  # see _human_bias
     models, table = cells.models, []
     for r, estimate in enumerate(estimates):
         s_i_slice, s_j_slice = int(quads.slice_i[r]), int(quads.slice_j[r])
         i, j = int(counts.judge[s_i_slice]), int(counts.judge[s_j_slice])
         lo, hi = int(counts.lo[s_i_slice]), int(counts.hi[s_i_slice])
         s_i, s_j = (lo, hi) if quads.i_is_lo[r] else (hi, lo)
+        pair = int(counts.pair[s_i_slice])
         table.append(
             PLSRow(
                 benchmark=cells.benchmarks[counts.benchmark[s_i_slice]],
@@ -233,7 +234,7 @@ def pls_table(
                 win_rates=estimate.win_rates,
                 undefined=estimate.undefined,
                 human=_human_bias(
-                    humans.get(int(counts.pair[s_i_slice])), bool(quads.i_is_lo[r]), estimate, ties
+                    humans.get(pair), bool(quads.i_is_lo[r]), estimate, ties, human_rates, pair
                 ),
                 se=estimate.se,
             )
@@ -264,14 +265,26 @@ def _human_outcomes(
 
 
 def _human_bias(
-    humans: _Humans | None, student_i_is_lo: bool, estimate: PLSEstimate, ties: TiePolicy
+    humans: _Humans | None,
+    student_i_is_lo: bool,
+    estimate: PLSEstimate,
+    ties: TiePolicy,
+    rates_of: dict[tuple[int, bool], tuple[float, float]],
+    pair: int,
 ) -> HumanBias | None:
-    """Error bias of each related judge against the pooled human verdicts on the same pair."""
+    """Error bias of each related judge against the pooled human verdicts on the same pair;
+    ``rates_of`` keeps the humans' win rates per (pair, orientation) for the pair's other rows."""
     if humans is None:
         return None
     names, n_prompts, totals = humans
-    oriented = totals if student_i_is_lo else totals[[1, 0, 2]]
-    human_i, human_j = win_rate(oriented[None], "i", ties), win_rate(oriented[None], "j", ties)
+    known = rates_of.get((pair, student_i_is_lo))
+    if known is None:
+        oriented = totals if student_i_is_lo else totals[[1, 0, 2]]
+        known = rates_of[pair, student_i_is_lo] = (
+            win_rate(oriented[None], "i", ties),
+            win_rate(oriented[None], "j", ties),
+        )
+    human_i, human_j = known
     rates = estimate.win_rates
 
     def bias(judge_rate: float | None, human_rate: float) -> float | None:

@@ -305,4 +305,5 @@ def statistics_options(settings: Settings) -> StatisticsOptions:
         change_slack=stats.change_slack,
         baseline_windows=stats.baseline_windows,
         reference=stats.reference,
+        threads=stats.threads,
     )

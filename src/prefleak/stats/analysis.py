@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from prefleak.stats.changes import (
 )
 from prefleak.stats.estimate import Estimate, percentile_ci, round_sig
 from prefleak.stats.leakage import LeakageFit, Parameter, effect_pp, fit_leakage
+from prefleak.stats.parallel import default_threads, executor
 from prefleak.stats.relations import RelationTable, relation_table
 from prefleak.stats.significance import (
     bh_q_values,
@@ -76,6 +78,9 @@ class StatisticsOptions:
     reference: str | None = None
     max_breakdowns: int = 20
     """Categories and tracks with the most verdicts that get their own rows."""
+    threads: int = field(default_factory=default_threads, compare=False)
+    """Threads that compute independent slices at once; 1: serially. Results do not depend on
+    it (so two options that differ only here compare equal)."""
 
     def kept_since(self, newest_window: int) -> int:
         """The earliest event time a recompute needs, given the newest projection window: older
@@ -89,6 +94,8 @@ class StatisticsOptions:
             raise ValueError("window_s must be a positive multiple of 3600 (one hour)")
         if self.horizon_s < self.window_s:
             raise ValueError("horizon_s must be at least one window")
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
 
 
 def _iso(ts: float) -> str:
@@ -315,66 +322,108 @@ def analyse(
     """
     if len(cells) == 0:
         return Analysis(None, options)
+    pool = executor(options.threads)
+    try:
+        return _analyse(cells, lineage, options, reuse, pool)
+    except BaseException:
+        pool.shutdown(cancel_futures=True)  # a failed slice: the queued ones would be wasted
+        raise
+    finally:
+        pool.shutdown()
+
+
+def _analyse(
+    cells: Cells,
+    lineage: Lineage,
+    options: StatisticsOptions,
+    reuse: Mapping[int, WindowResult] | None,
+    pool: Executor,
+) -> Analysis:
+    """:func:`analyse` with its slices submitted to ``pool``, the biggest first (so the last to
+    finish are small), and their results taken in the serial order.
+
+    The slices share only read-only arrays and the lineage, which they ask nothing that
+    :func:`relation_table` (computed here first) has not already put in its caches."""
     windows = cells.window // options.window_s * options.window_s
     end = int(windows.max()) + options.window_s
     start = end - options.max_windows * options.window_s
     horizon = cells.select(windows >= end - options.horizon_s)
     judges = np.unique(cells.judge).tolist()
     context = _Context(lineage, relation_table(lineage, cells.models, judges), options)
-    fit = _fit(horizon, context)
-    pls = [ScoredPLS(row, None, _pls_test(row)) for row in _pls(horizon, context)]
+    fit_job = pool.submit(_fit, horizon, context)
+    pls_job = pool.submit(_pls, horizon, context)
+    raw_job = pool.submit(_raw_fit, horizon, context)
+    # the length terms come from the horizon fit; the rest of the biases need not wait for it
+    biases_job = pool.submit(
+        judge_biases, horizon, lineage, length=None, n_bootstrap=options.model_bootstrap
+    )
+    benchmark_jobs = [
+        (name, pool.submit(_fit, horizon.select(horizon.benchmark == code), context))
+        for code, name in enumerate(horizon.benchmarks)
+        if len(horizon.benchmarks) > 1
+    ]
+    breakdown_jobs = [
+        (
+            label,
+            names[code],
+            pool.submit(_fit, part, context),
+            pool.submit(_pls, part, context, options.model_bootstrap),
+        )
+        for label, codes, names in (
+            ("category", horizon.category, horizon.categories),
+            ("track", horizon.track, horizon.tracks),
+        )
+        for code in _busiest(codes, horizon, options.max_breakdowns)
+        for part in (horizon.select(codes == code),)
+    ]
+    kept = cells.select(windows >= start)
+    kept_windows = windows[windows >= start]
+    window_jobs: dict[int, WindowResult | Future[WindowResult]] = {}
+    for window in sorted(set(kept_windows.tolist())):
+        reused = reuse.get(window) if reuse is not None else None
+        window_jobs[window] = (
+            reused
+            if reused is not None
+            else pool.submit(_window, kept.select(kept_windows == window), window, context)
+        )
+
+    fit = fit_job.result()
+    pls = [ScoredPLS(row, None, _pls_test(row)) for row in pls_job.result()]
     leakage = _leakage_rows(fit, POOLED)
-    for code, name in enumerate(horizon.benchmarks):
-        if len(horizon.benchmarks) > 1:
-            leakage += _leakage_rows(_fit(horizon.select(horizon.benchmark == code), context), name)
-    for label, codes, names in (
-        ("category", horizon.category, horizon.categories),
-        ("track", horizon.track, horizon.tracks),
-    ):
-        for code in _busiest(codes, horizon, options.max_breakdowns):
-            part = horizon.select(codes == code)
-            found = _leakage_rows(_fit(part, context), POOLED)
-            scored = [
-                ScoredPLS(row, None, _pls_test(row))
-                for row in _pls(part, context, options.model_bootstrap)
-            ]
-            if label == "category":
-                leakage += [replace(r, category=names[code]) for r in found]
-                pls += [replace(p, category=names[code]) for p in scored]
-            else:
-                leakage += [replace(r, track=names[code]) for r in found]
-                pls += [replace(p, track=names[code]) for p in scored]
+    for name, job in benchmark_jobs:
+        leakage += _leakage_rows(job.result(), name)
+    for label, name, fit_part, pls_part in breakdown_jobs:
+        found = _leakage_rows(fit_part.result(), POOLED)
+        scored = [ScoredPLS(row, None, _pls_test(row)) for row in pls_part.result()]
+        if label == "category":
+            leakage += [replace(r, category=name) for r in found]
+            pls += [replace(p, category=name) for p in scored]
+        else:
+            leakage += [replace(r, track=name) for r in found]
+            pls += [replace(p, track=name) for p in scored]
     _adjust(pls, leakage, options.fdr)
 
     series_pls: list[ScoredPLS] = []
     series_leakage: list[LeakageRow] = []
     window_fits: dict[int, LeakageFit | None] = {}
-    kept = cells.select(windows >= start)
-    kept_windows = windows[windows >= start]
     results: dict[int, WindowResult] = {}
-    for window in sorted(set(kept_windows.tolist())):
-        result = reuse.get(window) if reuse is not None else None
-        if result is None:
-            result = _window(kept.select(kept_windows == window), window, context)
-        results[window] = result
-        series_pls += result.pls
-        series_leakage += result.leakage
-        window_fits[window] = result.fit
+    for window, window_job in window_jobs.items():
+        done = window_job.result() if isinstance(window_job, Future) else window_job
+        results[window] = done
+        series_pls += done.pls
+        series_leakage += done.leakage
+        window_fits[window] = done.fit
     _adjust(series_pls, series_leakage, options.fdr)
 
+    lengths = _length_estimates(fit)
     return Analysis(
         horizon=(end - options.horizon_s, end),
         options=options,
         pls=pls + series_pls,
         leakage=leakage + series_leakage,
         changes=_changes(series_pls, series_leakage, window_fits, options),
-        biases=judge_biases(
-            horizon,
-            lineage,
-            length=_length_estimates(fit),
-            n_bootstrap=options.model_bootstrap,
-        ),
-        leaderboard=_leaderboard(horizon, fit, context),
+        biases=[replace(b, length_bias=lengths.get(b.judge)) for b in biases_job.result()],
+        leaderboard=_leaderboard(fit, raw_job.result(), context),
         fit=fit,
         windows=results,
     )
@@ -578,13 +627,19 @@ def _changes(
     return changes
 
 
-def _leaderboard(cells: Cells, fit: LeakageFit | None, context: _Context) -> Leaderboard | None:
-    if fit is None or not fit.strengths:
+def _raw_fit(cells: Cells, context: _Context) -> LeakageFit | None:
+    """The leaderboard's naive fit: strengths without leakage terms or intervals."""
+    if len(cells) == 0:
         return None
-    raw = fit_leakage(
+    return fit_leakage(
         cells, context.lineage, relation_terms=False, n_bootstrap=0, relations=context.relations
     )
-    if raw is None:
+
+
+def _leaderboard(
+    fit: LeakageFit | None, raw: LeakageFit | None, context: _Context
+) -> Leaderboard | None:
+    if fit is None or not fit.strengths or raw is None:
         return None
     reference = context.options.reference
     if reference is None or reference not in fit.strengths:

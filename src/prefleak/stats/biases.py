@@ -65,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from prefleak.lineage import Lineage
-from prefleak.stats.cells import Cells, composite_key
+from prefleak.stats.cells import Cells, composite_key, key_groups
 from prefleak.stats.estimate import Estimate, KeyArray, bootstrap_sums, percentile_ci
 
 IntArray = npt.NDArray[np.int64]
@@ -125,8 +125,7 @@ class _Comparisons:
     @classmethod
     def of(cls, cells: Cells) -> _Comparisons:
         keys = composite_key([cells.judge, cells.prompt, cells.lo, cells.hi])
-        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        unique, first, inverse = key_groups(keys)  # the key names every column read at first
         outcomes = np.stack(
             [np.bincount(inverse, cells.outcomes[:, k], minlength=len(unique)) for k in range(3)],
             axis=1,
@@ -172,18 +171,23 @@ def judge_biases(
     row_human = human[comparisons.judge]
     humans = comparisons.pooled(row_human)
     machines = comparisons.pooled(~row_human)
+    # the humans' outcomes on each row's comparison, and which rows both sides judged: the same
+    # for every judge, so gathered once (a 7-day horizon has 250k rows)
+    theirs = humans[comparisons.comparison]
+    judged = (comparisons.outcomes.sum(axis=1) > 0) & (theirs.sum(axis=1) > 0)
     codes = sorted(np.unique(cells.judge).tolist(), key=lambda c: cells.models[c])
     results = []
     for code in codes:
         name = cells.models[code]
-        measures: list[_Measure | None] = [_position(cells, code)]
+        mine = np.flatnonzero(cells.judge == code)
+        measures: list[_Measure | None] = [_position(cells, mine)]
         if not human[code]:
             rows = comparisons.judge == code
             related = np.array([lineage.relation(name, m).related for m in cells.models])
             measures += [
                 _self_preference(comparisons, rows, code, machines),
-                _agreement(comparisons, rows, humans),
-                _error(comparisons, rows, related, humans),
+                _agreement(comparisons, rows, theirs, judged),
+                _error(comparisons, rows, related, theirs, judged),
             ]
         else:
             measures += [None, None, None]
@@ -198,7 +202,7 @@ def judge_biases(
                 self_preference=self_pref,
                 human_agreement=agreement,
                 error_bias=error,
-                n_verdicts=round(float(cells.verdicts[cells.judge == code].sum())),
+                n_verdicts=round(float(cells.verdicts.take(mine, axis=0).sum())),
             )
         )
     return results
@@ -217,15 +221,15 @@ class _Measure:
     statistic: Statistic
 
 
-def _position(cells: Cells, code: int) -> _Measure | None:
-    """First-shown wins and second-shown wins of the judge's positioned verdicts."""
-    mine = cells.judge == code
-    lo_first, hi_first = cells.lo_first[mine], cells.hi_first[mine]
+def _position(cells: Cells, mine: IntArray) -> _Measure | None:
+    """First-shown wins and second-shown wins of the judge's positioned verdicts (``mine``: the
+    positions of its cells)."""
+    lo_first, hi_first = cells.lo_first.take(mine, axis=0), cells.hi_first.take(mine, axis=0)
     first = lo_first[:, LO] + hi_first[:, HI]
     second = lo_first[:, HI] + hi_first[:, LO]
     if first.sum() + second.sum() <= 0:
         return None
-    return _Measure(cells.prompt[mine], np.stack([first, second], axis=1), "share")
+    return _Measure(cells.prompt.take(mine), np.stack([first, second], axis=1), "share")
 
 
 def _self_preference(
@@ -251,10 +255,12 @@ def _self_preference(
     return _Measure(comparisons.prompt[mine][keep], columns[keep], "difference")
 
 
-def _agreement(comparisons: _Comparisons, rows: BoolArray, humans: FloatArray) -> _Measure | None:
-    """One count per shared comparison in the 3 × 3 table (judge label, human label)."""
-    theirs = humans[comparisons.comparison]
-    shared = rows & (comparisons.outcomes.sum(axis=1) > 0) & (theirs.sum(axis=1) > 0)
+def _agreement(
+    comparisons: _Comparisons, rows: BoolArray, theirs: FloatArray, judged: BoolArray
+) -> _Measure | None:
+    """One count per shared comparison in the 3 × 3 table (judge label, human label); ``theirs``
+    are the humans' outcomes per row, ``judged`` the rows both sides judged."""
+    shared = rows & judged
     if shared.sum() < MIN_SHARED_COMPARISONS:
         return None
     cell = 3 * _labels(comparisons.outcomes[shared]) + _labels(theirs[shared])
@@ -264,17 +270,16 @@ def _agreement(comparisons: _Comparisons, rows: BoolArray, humans: FloatArray) -
 
 
 def _error(
-    comparisons: _Comparisons, rows: BoolArray, related: BoolArray, humans: FloatArray
+    comparisons: _Comparisons,
+    rows: BoolArray,
+    related: BoolArray,
+    theirs: FloatArray,
+    judged: BoolArray,
 ) -> _Measure | None:
-    """Wins for the related candidate, by the judge and by humans, on comparisons both judged."""
+    """Wins for the related candidate, by the judge and by humans, on comparisons both judged
+    (``theirs`` and ``judged`` as for :func:`_agreement`)."""
     lo_related, hi_related = related[comparisons.lo], related[comparisons.hi]
-    theirs = humans[comparisons.comparison]
-    keep = (
-        rows
-        & (lo_related != hi_related)
-        & (comparisons.outcomes.sum(axis=1) > 0)
-        & (theirs.sum(axis=1) > 0)
-    )
+    keep = rows & (lo_related != hi_related) & judged
     if not keep.any():
         return None
     own, theirs, as_lo = comparisons.outcomes[keep], theirs[keep], lo_related[keep]

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from prefleak.pls import both_games
 from prefleak.segments import (
     N_COUNTS,
+    VOCABULARY_OF,
     ProjectionColumns,
     merged_codes,
 )
@@ -113,22 +114,20 @@ class Cells:
         )
 
     def select(self, mask: npt.NDArray[np.bool_]) -> Cells:
-        """The cells where ``mask`` holds, with the same vocabularies."""
+        """The cells where ``mask`` holds, with the same vocabularies.
+
+        A recompute selects a dozen slices of a million cells: the positions are found once and
+        gathered with ``take`` (boolean indexing of the (n, 3) columns is several times slower),
+        and a contiguous run (a time range of time-ordered cells) is a view, not a copy. Cells
+        are never written to, so sharing memory with the parent is safe."""
+        index = np.flatnonzero(mask)
+        if index.size and int(index[-1]) - int(index[0]) + 1 == index.size:
+            run = slice(int(index[0]), int(index[-1]) + 1)
+            columns = {name: getattr(self, name)[run] for name in _ROW_FIELDS}
+        else:
+            columns = {name: getattr(self, name).take(index, axis=0) for name in _ROW_FIELDS}
         return Cells(
-            window=self.window[mask],
-            benchmark=self.benchmark[mask],
-            judge=self.judge[mask],
-            lo=self.lo[mask],
-            hi=self.hi[mask],
-            prompt=self.prompt[mask],
-            category=self.category[mask],
-            track=self.track[mask],
-            outcomes=self.outcomes[mask],
-            verdicts=self.verdicts[mask],
-            lo_first=self.lo_first[mask],
-            hi_first=self.hi_first[mask],
-            length=self.length[mask],
-            has_length=self.has_length[mask],
+            **columns,
             models=self.models,
             benchmarks=self.benchmarks,
             categories=self.categories,
@@ -164,6 +163,13 @@ class Cells:
             return None
 
 
+_ROW_FIELDS = (
+    "window", "outcomes", "verdicts", "lo_first", "hi_first", "length", "has_length",
+    *VOCABULARY_OF,
+)  # fmt: skip
+"""Every column of :class:`Cells` with one entry per cell: the counts and the code columns."""
+
+
 def composite_key(columns: Sequence[IntArray]) -> IntArray:
     """One int64 per row from non-negative integer columns (mixed radix, order-preserving):
     sorting or ``np.unique`` on it is many times faster than on the stacked columns."""
@@ -171,3 +177,16 @@ def composite_key(columns: Sequence[IntArray]) -> IntArray:
     for column in columns:
         key = key * (int(column.max(initial=0)) + 1) + column
     return key
+
+
+def key_groups(key: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+    """``np.unique(key, return_index=True, return_inverse=True)`` for keys that determine every
+    column a caller reads at the index: the index is *some* row of each group, not the first.
+
+    Asking for the first occurrence makes numpy sort stably (timsort); without it, it sorts with
+    its faster quicksort: 18 -> 10 ms for the 250k cells of a 7-day horizon."""
+    unique, inverse = np.unique(key, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    member = np.empty(unique.size, dtype=np.int64)
+    member[inverse] = np.arange(key.size)
+    return unique, member, inverse

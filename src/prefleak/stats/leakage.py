@@ -118,8 +118,8 @@ def _observations(cells: Cells) -> _Observations:
     cell = np.concatenate([index, index, index])
     position = np.concatenate([np.ones(n), -np.ones(n), np.zeros(n)])
     counts = np.concatenate([cells.lo_first, cells.hi_first, unknown])
-    keep = counts.sum(axis=1) > 0
-    cell, position, counts = cell[keep], position[keep], counts[keep]
+    keep = np.flatnonzero(counts.sum(axis=1) > 0)  # take: boolean indexing of (n, 3) is slow
+    cell, position, counts = cell.take(keep), position.take(keep), counts.take(keep, axis=0)
     bins = np.round(cells.length[cell] / LENGTH_BIN).astype(np.int64)
     columns = [cells.judge[cell], cells.lo[cell], cells.hi[cell], position.astype(np.int64) + 1]
     _, group = np.unique(composite_key([*columns, bins - bins.min(initial=0)]), return_inverse=True)
@@ -234,38 +234,51 @@ def _probabilities(eta: FloatArray, tau: float) -> tuple[FloatArray, FloatArray,
     return p_lo, p_hi, np.maximum(1 - p_lo - p_hi, 1e-12)
 
 
-def _log_likelihood(counts: FloatArray, eta: FloatArray, tau: float) -> float:
-    p_lo, p_hi, p_tie = _probabilities(eta, tau)
-    probabilities = np.stack([p_lo, p_hi, p_tie], axis=1)
-    return float((counts * np.log(np.maximum(probabilities, 1e-300))).sum())
+_Triple = tuple[FloatArray, FloatArray, FloatArray]
+"""One array per outcome: lo wins, hi wins, tie."""
+
+
+def _log_likelihood(counts: FloatArray, probabilities: _Triple) -> float:
+    stacked = np.stack(probabilities, axis=1)
+    return float((counts * np.log(np.maximum(stacked, 1e-300))).sum())
+
+
+def _derivatives(probabilities: _Triple, tau: float) -> tuple[_Triple, _Triple]:
+    """Per row: the derivatives of the outcome probabilities by eta and by log tau."""
+    p_lo, p_hi, _ = probabilities
+    d_lo, d_hi = p_lo * (1 - p_lo), p_hi * (1 - p_hi)
+    by_eta = (d_lo, -d_hi, d_hi - d_lo)
+    by_t = (-d_lo * tau, -d_hi * tau, (d_lo + d_hi) * tau)
+    return by_eta, by_t
+
+
+def _gather(columns: _Triple, rows: IntArray) -> _Triple:
+    return columns[0][rows], columns[1][rows], columns[2][rows]
+
+
+def _score_sums(
+    counts: FloatArray, probabilities: _Triple, by_eta: _Triple, by_t: _Triple
+) -> tuple[FloatArray, FloatArray]:
+    """Per row: d loglik / d eta and d loglik / d log tau of its verdict counts."""
+    score_eta = sum(counts[:, o] * by_eta[o] / probabilities[o] for o in range(3))
+    score_t = sum(counts[:, o] * by_t[o] / probabilities[o] for o in range(3))
+    return np.asarray(score_eta), np.asarray(score_t)
 
 
 def _scores(
-    counts: FloatArray, eta: FloatArray, tau: float
+    counts: FloatArray, probabilities: _Triple, tau: float
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """Per row: d loglik / d eta, d loglik / d log tau, and the three Fisher weights.
 
     The weights are the expected information of one verdict for (eta, eta), (eta, log tau) and
     (log tau, log tau); times the row's verdicts they make the information matrix.
     """
-    p_lo, p_hi, p_tie = _probabilities(eta, tau)
-    d_lo, d_hi = p_lo * (1 - p_lo), p_hi * (1 - p_hi)
-    # derivatives of (p_lo, p_hi, p_tie) by eta and by log tau
-    by_eta = (d_lo, -d_hi, d_hi - d_lo)
-    by_t = (-d_lo * tau, -d_hi * tau, (d_lo + d_hi) * tau)
-    probabilities = (p_lo, p_hi, p_tie)
-    score_eta = sum(counts[:, o] * by_eta[o] / probabilities[o] for o in range(3))
-    score_t = sum(counts[:, o] * by_t[o] / probabilities[o] for o in range(3))
+    by_eta, by_t = _derivatives(probabilities, tau)
+    score_eta, score_t = _score_sums(counts, probabilities, by_eta, by_t)
     w_ee = sum(by_eta[o] ** 2 / probabilities[o] for o in range(3))
     w_et = sum(by_eta[o] * by_t[o] / probabilities[o] for o in range(3))
     w_tt = sum(by_t[o] ** 2 / probabilities[o] for o in range(3))
-    return (
-        np.asarray(score_eta),
-        np.asarray(score_t),
-        np.asarray(w_ee),
-        np.asarray(w_et),
-        np.asarray(w_tt),
-    )
+    return score_eta, score_t, np.asarray(w_ee), np.asarray(w_et), np.asarray(w_tt)
 
 
 @dataclass
@@ -286,16 +299,18 @@ def _fit(design: _Design, group_counts: FloatArray, with_ties: bool) -> _Solutio
     log_tau = np.log(0.3) if with_ties else None
     n = group_counts.sum(axis=1)
 
-    def objective(b: FloatArray, t: float | None) -> float:
+    def objective(b: FloatArray, t: float | None) -> tuple[float, _Triple]:
+        """The penalised log-likelihood, and the probabilities the next step starts from."""
         tau = 0.0 if t is None else float(np.exp(t))
-        return _log_likelihood(group_counts, x @ b, tau) - float(ridge @ b**2) / 2
+        probabilities = _probabilities(x @ b, tau)
+        return _log_likelihood(group_counts, probabilities) - float(ridge @ b**2) / 2, probabilities
 
-    current = objective(beta, log_tau)
+    current, probabilities = objective(beta, log_tau)
     converged = False
     information = np.eye(n_params + 1)
     for _ in range(MAX_ITERATIONS):
         tau = 0.0 if log_tau is None else float(np.exp(log_tau))
-        score_eta, score_t, w_ee, w_et, w_tt = _scores(group_counts, x @ beta, tau)
+        score_eta, score_t, w_ee, w_et, w_tt = _scores(group_counts, probabilities, tau)
         gradient = np.append(x.T @ score_eta - ridge * beta, score_t.sum())
         information = np.zeros((n_params + 1, n_params + 1))
         information[:n_params, :n_params] = (x.T @ sparse.diags(n * w_ee) @ x).toarray()
@@ -309,11 +324,11 @@ def _fit(design: _Design, group_counts: FloatArray, with_ties: bool) -> _Solutio
         while True:
             candidate_beta = beta + scale * step[:n_params]
             candidate_t = None if log_tau is None else log_tau + scale * step[n_params]
-            value = objective(candidate_beta, candidate_t)
+            value, candidate_probabilities = objective(candidate_beta, candidate_t)
             if value >= current - 1e-12 or scale < 1e-6:
                 break
             scale /= 2
-        beta, log_tau = candidate_beta, candidate_t
+        beta, log_tau, probabilities = candidate_beta, candidate_t, candidate_probabilities
         improvement, current = value - current, value
         if np.max(np.abs(scale * step)) < TOLERANCE or abs(improvement) < TOLERANCE * (
             1 + abs(current)
@@ -348,10 +363,19 @@ def _bootstrap(
     seed: int,
 ) -> FloatArray:
     """One-step bootstrap draws (n_bootstrap, len(interest)), plus the draws of log tau last."""
+    if n_bootstrap == 0:  # the leaderboard's naive fit: no per-prompt scores to compute
+        return np.zeros((0, len(interest) + 1))
     n_params = design.matrix.shape[1]
     tau = 0.0 if solution.log_tau is None else float(np.exp(solution.log_tau))
     eta = design.matrix @ solution.beta
-    score_eta, score_t, *_ = _scores(obs.counts, eta[obs.group], tau)
+    # the derivatives are functions of eta alone: computed once per group, not per observation
+    # (a horizon has five times more observations than groups), and the weights not at all
+    probabilities = _probabilities(eta, tau)
+    by_eta, by_t = _derivatives(probabilities, tau)
+    score_eta, score_t = _score_sums(
+        obs.counts, _gather(probabilities, obs.group), _gather(by_eta, obs.group),
+        _gather(by_t, obs.group),
+    )  # fmt: skip
     rows = [*interest, n_params]
     inverse = solution.information_inverse[rows]  # (m, K + 1)
     through_eta = design.matrix @ inverse[:, :n_params].T  # (groups, m)
@@ -430,7 +454,7 @@ def fit_leakage(
         tau=0.0 if solution.log_tau is None else float(np.exp(solution.log_tau)),
         tau_draws=np.exp(draws[:, -1]) if solution.log_tau is not None else np.zeros(len(draws)),
         n_verdicts=int(group_counts.sum()),
-        n_prompts=int(np.unique(cells.prompt).size),
+        n_prompts=int(np.count_nonzero(np.bincount(cells.prompt, minlength=cells.n_prompts))),
         converged=solution.converged,
         comparisons={models[c]: int(comparisons[c]) for c in design.candidates},
     )
