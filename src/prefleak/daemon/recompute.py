@@ -226,13 +226,30 @@ class Recomputer:
         windows = previous.analysis.windows
         return {start: result for start, result in windows.items() if start not in touched}
 
+    @staticmethod
+    def _read_from(
+        options: StatisticsOptions,
+        newest: int,
+        reuse: dict[int, WindowResult] | None,
+        changed: set[int] | None,
+    ) -> int:
+        """Where this recompute starts reading: at the first kept window, or, when the windows
+        before the horizon can be reused, at the horizon or the first window a verdict touched
+        since, whichever comes first (what the analysis cannot take from the last one)."""
+        kept = options.kept_since(newest)
+        if reuse is None or changed is None:
+            return kept
+        first = min([options.horizon_since(newest), *changed])
+        return max(kept, first // options.window_s * options.window_s)
+
     def _verdict_totals(
         self, cells: Cells, since: float | None, changed: set[int] | None
     ) -> list[VerdictTotal]:
-        """Every verdict ever stored, per pair: the kept cells' sums, plus those of the older
-        projection windows, which SQLite sums again only when the kept range moves on (once a
-        window) or a late verdict lands before it; summing every window on every recompute cost
-        more than the statistics at a million verdicts."""
+        """Every verdict ever stored, per pair: the sums of the cells read, plus those of the
+        projection windows before them, which SQLite sums again only when where the read starts
+        moves (once a window, and before and after a late verdict) or a late verdict lands
+        before it; summing every window on every recompute cost more than the statistics at a
+        million verdicts."""
         if since is None:
             return cells.totals()
         first = projection_window(since)
@@ -259,9 +276,9 @@ class Recomputer:
                 newest_event_ts=tally.newest_ts,
             )
         newest = store.newest_verdict_window()
-        since = None if newest is None else options.kept_since(newest)
-        # every kept window read again (sealed hours are cheap): nothing but the snapshot's
-        # horizon stays in memory between recomputes
+        since = None if newest is None else self._read_from(options, newest, reuse, changed)
+        # the windows read again (sealed hours are cheap): nothing but the snapshot's horizon
+        # stays in memory between recomputes
         cells = Cells.from_columns(store.verdict_columns(since))
         lineage = Lineage.from_events(store.events(PROVENANCE_TYPES))
         analysis = analyse(cells, lineage, options, reuse=reuse)

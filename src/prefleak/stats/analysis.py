@@ -89,6 +89,10 @@ class StatisticsOptions:
         span = max(self.horizon_s, self.max_windows * self.window_s)
         return newest + self.window_s - span
 
+    def horizon_since(self, newest_window: int) -> int:
+        """Where the horizon starts, given the newest projection window."""
+        return newest_window // self.window_s * self.window_s + self.window_s - self.horizon_s
+
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.window_s % 3600:
             raise ValueError("window_s must be a positive multiple of 3600 (one hour)")
@@ -317,8 +321,9 @@ def analyse(
     """Every statistic over the horizon and per window, with q-values and change detection.
 
     ``reuse`` holds results of windows (by start) from an earlier analysis whose cells, lineage
-    and options have not changed since: they are taken as they are instead of refitted. The
-    horizon, the q-values and the change detectors are always recomputed.
+    and options have not changed since: they are taken as they are instead of refitted, and
+    ``cells`` need not hold their cells (only the horizon's must all be there). The horizon, the
+    q-values and the change detectors are always recomputed.
     """
     if len(cells) == 0:
         return Analysis(None, options)
@@ -379,7 +384,9 @@ def _analyse(
     kept = cells.select(windows >= start)
     kept_windows = windows[windows >= start]
     window_jobs: dict[int, WindowResult | Future[WindowResult]] = {}
-    for window in sorted(set(kept_windows.tolist())):
+    present = set(kept_windows.tolist())
+    left_out = {window for window in reuse or {} if start <= window < end} - present
+    for window in sorted(present | left_out):
         reused = reuse.get(window) if reuse is not None else None
         window_jobs[window] = (
             reused
