@@ -37,10 +37,11 @@ noise of the shared machine):
   1-day windows, a 7-day horizon, 200 model and 1,000 PLS resamples);
 * after 10,000 more verdicts in the newest day (new ones in every round), in rounds so that all
   see the same load: (iii) what ``prefleak serve`` does, its :class:`Recomputer` (started fresh
-  each round, so its first recompute reads everything) recomputing after the new verdicts; (i) the
-  full path again, the figure every ratio is of; (iv) serve's recompute right after a provenance
-  event (relations may have changed, so every window is refitted; the cells stay in memory): a
-  full recompute without the read; (ii) the parts an incremental path would need
+  each round, so its first recompute reads everything; the next reads from the horizon on and
+  reuses the older windows) recomputing after the new verdicts; (i) the full path again, the
+  figure every ratio is of; (iv) serve's recompute right after a provenance event (relations may
+  have changed, so every kept window is read and refitted): a full recompute by the service;
+  (ii) the parts an incremental path would need
   with today's API: ``verdict_windows_since(seq)``, reading only the changed projection windows
   into Cells, ``analyse`` of those cells alone, and the newest window's part of (i)'s window
   series (its ``_pls`` and ``_fit`` calls). Two sums bound an incremental recompute built from
@@ -759,7 +760,7 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
         latest = recomputer.latest
         if latest is None or latest.events.get("verdict", 0) != store.event_counts()["verdict"]:
             raise SystemExit("the service's recompute failed or missed the new verdicts")
-        # a lineage change: every window is refitted, the cells in memory are kept
+        # a lineage change: every kept window is read and refitted
         model = {"type": "model", "model": f"bench-registered-{prefix}{round_}", "family": "x"}
         ingest(store, iter([orjson.dumps(model)]), 1, "provenance")
         clock(relineage, recomputer.once)
@@ -785,7 +786,7 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
     print(line("  serve's first recompute (Recomputer.once: reads every kept cell)", first_service))
     label = "  (iii) serve's next recompute (Recomputer.once after the new verdicts)"
     print(line(label, service, best, _target(service, best)))
-    label = "  (iv) serve's recompute after a provenance event (cells kept, every window refit)"
+    label = "  (iv) serve's recompute after a provenance event (every kept window read, refit)"
     print(line(label, relineage, best))
     print(
         f"  (ii) parts of an incremental path ({len(changed)} changed hour windows, "

@@ -243,19 +243,24 @@ class Recomputer:
         return max(kept, first // options.window_s * options.window_s)
 
     def _verdict_totals(
-        self, cells: Cells, since: float | None, changed: set[int] | None
+        self, cells: Cells, since: float | None, changed: set[int] | None, horizon: int | None
     ) -> list[VerdictTotal]:
         """Every verdict ever stored, per pair: the sums of the cells read, plus those of the
-        projection windows before them, which SQLite sums again only when where the read starts
-        moves (once a window, and before and after a late verdict) or a late verdict lands
-        before it; summing every window on every recompute cost more than the statistics at a
-        million verdicts."""
-        if since is None:
+        projection windows before them. Summing every window in SQLite on every recompute cost
+        more than the statistics at a million verdicts, so those sums are kept: up to where the
+        next recompute will likely start reading (the ``horizon``), from the cells read now.
+        SQLite sums again only when a recompute starts reading elsewhere (a late verdict, the
+        first recompute) or a late verdict lands before the kept sums."""
+        if since is None or horizon is None:
             return cells.totals()
         first = projection_window(since)
         older = self._older_totals
         if older is None or older[0] != first or changed is None or any(h < first for h in changed):
-            older = self._older_totals = (first, self._store.verdict_totals(before=first))
+            older = (first, self._store.verdict_totals(before=first))
+        self._older_totals = older
+        if horizon > first:  # a read from before the horizon: keep the sums up to it
+            earlier = cells.select(cells.window < horizon).totals()
+            self._older_totals = (horizon, _summed(older[1] + earlier))
         return older[1] + cells.totals()
 
     def _compute(self, started: float) -> Snapshot:
@@ -284,7 +289,9 @@ class Recomputer:
         analysis = analyse(cells, lineage, options, reuse=reuse)
         table = [scored.row for scored in analysis.pls if scored.slice == "horizon"]
         verdicts, self._named = verdict_series(
-            self._verdict_totals(cells, since, changed),
+            self._verdict_totals(
+                cells, since, changed, None if newest is None else options.horizon_since(newest)
+            ),
             lineage,
             self._settings.metrics,
             self._named,
@@ -303,6 +310,18 @@ class Recomputer:
             analysis=analysis,
             cells=horizon_cells(cells, analysis),
         )
+
+
+def _summed(totals: list[VerdictTotal]) -> list[VerdictTotal]:
+    """One total per (benchmark, judge, model_lo, model_hi): sums kept for good must not grow
+    by a copy of every pair each time the horizon moves on."""
+    sums: dict[tuple[str, str, str, str], list[int]] = {}
+    for benchmark, judge, lo, hi, lo_wins, hi_wins, verdicts in totals:
+        total = sums.setdefault((benchmark, judge, lo, hi), [0, 0, 0])
+        total[0] += lo_wins
+        total[1] += hi_wins
+        total[2] += verdicts
+    return [(*key, *total) for key, total in sums.items()]  # type: ignore[misc]
 
 
 def statistics_options(settings: Settings) -> StatisticsOptions:
