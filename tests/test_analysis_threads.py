@@ -4,6 +4,7 @@ sped-up parts (select, Poisson weights) the numbers of the plain numpy they repl
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,25 @@ def test_serial_executor_runs_in_the_caller_and_defers_errors() -> None:
         failed.result()
 
 
+@pytest.mark.parametrize(("cores", "command", "service"), [(1, 1, 1), (2, 2, 1), (8, 4, 4)])
+def test_default_threads_per_core(
+    monkeypatch: pytest.MonkeyPatch, cores: int, command: int, service: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert (default_threads(), default_threads(spare=1)) == (command, service)
+
+
 def test_threads_setting_reaches_the_options(tmp_path: Path) -> None:
     assert 1 <= default_threads() <= 4
     assert StatisticsOptions().threads == default_threads()
-    assert load_settings().statistics.threads == default_threads()
-    settings = load_settings(overrides={"db": str(tmp_path / "s.db"), "statistics": {"threads": 1}})
-    assert statistics_options(settings).threads == 1
+    unset = load_settings(overrides={"db": str(tmp_path / "s.db")})
+    assert unset.statistics.threads is None
+    assert statistics_options(unset).threads == default_threads()
+    # serve leaves a core to ingest, unless told otherwise
+    assert statistics_options(unset, service=True).threads == default_threads(spare=1)
+    settings = load_settings(overrides={"db": str(tmp_path / "s.db"), "statistics": {"threads": 2}})
+    assert statistics_options(settings).threads == 2
+    assert statistics_options(settings, service=True).threads == 2
     with pytest.raises(ValueError, match="threads"):
         StatisticsOptions(threads=0)
 

@@ -39,7 +39,6 @@ from prefleak.check import DEFAULT_MIN_SEVERITY, Severity
 from prefleak.diversity.sample import SAMPLE_CAPACITY
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TiePolicy
 from prefleak.stats.changes import DEFAULT_BASELINE_WINDOWS, DEFAULT_SLACK, DEFAULT_THRESHOLD
-from prefleak.stats.parallel import default_threads
 
 DEFAULT_DB = "prefleak.db"
 ENV_PREFIX = "PREFLEAK_"
@@ -304,9 +303,11 @@ class StatisticsSettings(_Section):
     baseline_windows: int = Field(default=DEFAULT_BASELINE_WINDOWS, ge=1)
     reference: str | None = None
     """Leaderboard reference model; default the candidate with the most comparisons."""
-    threads: int = Field(default_factory=default_threads, ge=1)
+    threads: int | None = Field(default=None, ge=1)
     """Threads a recompute computes independent slices (windows, breakdowns) with; 1: serially.
-    Default one per core, at most 4. The results are the same whatever the number."""
+    Unset: one per core, at most 4, for a command; ``serve`` leaves one core to ingest (measured:
+    on two cores a second statistics thread cut the Kafka ingest rate by a fifth). The results
+    are the same whatever the number."""
 
     @field_validator("window", "horizon", mode="before")
     @classmethod

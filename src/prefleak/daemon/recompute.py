@@ -24,6 +24,7 @@ from prefleak.lineage import Lineage
 from prefleak.models.events import PROVENANCE_TYPES
 from prefleak.stats.analysis import StatisticsOptions, WindowResult, analyse, horizon_cells
 from prefleak.stats.cells import Cells
+from prefleak.stats.parallel import default_threads
 from prefleak.store import EventStore, LogTally, VerdictTotal, projection_window
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ class Recomputer:
 
     def _compute(self, started: float) -> Snapshot:
         store = self._store
-        options = statistics_options(self._settings)
+        options = statistics_options(self._settings, service=True)
         self._tally = tally = self._tally + store.log_tally(self._tally.seq)
         changed = self._changes()
         reuse = self._reusable(options, tally.counts, changed)
@@ -324,9 +325,11 @@ def _summed(totals: list[VerdictTotal]) -> list[VerdictTotal]:
     return [(*key, *total) for key, total in sums.items()]  # type: ignore[misc]
 
 
-def statistics_options(settings: Settings) -> StatisticsOptions:
-    """The recompute's statistics, as ``serve`` is configured (``pls`` and ``statistics``)."""
+def statistics_options(settings: Settings, *, service: bool = False) -> StatisticsOptions:
+    """The recompute's statistics as configured (``pls`` and ``statistics``); ``service``: for
+    ``serve``'s recompute, which leaves a core to ingest unless ``statistics.threads`` is set."""
     stats, pls = settings.statistics, settings.pls
+    threads = stats.threads or default_threads(spare=1 if service else 0)
     return StatisticsOptions(
         window_s=stats.window,
         horizon_s=stats.horizon,
@@ -341,5 +344,5 @@ def statistics_options(settings: Settings) -> StatisticsOptions:
         change_slack=stats.change_slack,
         baseline_windows=stats.baseline_windows,
         reference=stats.reference,
-        threads=stats.threads,
+        threads=threads,
     )

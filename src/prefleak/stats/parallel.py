@@ -21,9 +21,10 @@ MAX_DEFAULT_THREADS = 4
 serialises them (docs/configuration.md, ``statistics.threads``)."""
 
 
-def default_threads() -> int:
-    """Threads a recompute uses unless configured: one per core, at most a few."""
-    return min(MAX_DEFAULT_THREADS, os.cpu_count() or 1)
+def default_threads(spare: int = 0) -> int:
+    """Threads a recompute uses unless configured: one per core but ``spare``, at most a few,
+    at least one."""
+    return max(1, min(MAX_DEFAULT_THREADS, (os.cpu_count() or 1) - spare))
 
 
 class Serial(Executor):
