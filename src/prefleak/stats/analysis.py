@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from prefleak.lineage import Lineage
 from prefleak.pls import DEFAULT_BOOTSTRAP, DEFAULT_MIN_PROMPTS, TiePolicy
@@ -362,24 +363,19 @@ def _analyse(
     biases_job = pool.submit(
         judge_biases, horizon, lineage, length=None, n_bootstrap=options.model_bootstrap
     )
+    # a slice is selected in the job that uses it: in parallel, and alive only while it runs
     benchmark_jobs = [
-        (name, pool.submit(_fit, horizon.select(horizon.benchmark == code), context))
+        (name, pool.submit(_fit_slice, horizon, horizon.benchmark == code, context))
         for code, name in enumerate(horizon.benchmarks)
         if len(horizon.benchmarks) > 1
     ]
     breakdown_jobs = [
-        (
-            label,
-            names[code],
-            pool.submit(_fit, part, context),
-            pool.submit(_pls, part, context, options.model_bootstrap),
-        )
+        (label, names[code], pool.submit(_breakdown, horizon, codes == code, context))
         for label, codes, names in (
             ("category", horizon.category, horizon.categories),
             ("track", horizon.track, horizon.tracks),
         )
         for code in _busiest(codes, horizon, options.max_breakdowns)
-        for part in (horizon.select(codes == code),)
     ]
     kept = cells.select(windows >= start)
     kept_windows = windows[windows >= start]
@@ -399,9 +395,10 @@ def _analyse(
     leakage = _leakage_rows(fit, POOLED)
     for name, job in benchmark_jobs:
         leakage += _leakage_rows(job.result(), name)
-    for label, name, fit_part, pls_part in breakdown_jobs:
-        found = _leakage_rows(fit_part.result(), POOLED)
-        scored = [ScoredPLS(row, None, _pls_test(row)) for row in pls_part.result()]
+    for label, name, breakdown in breakdown_jobs:
+        part_fit, part_pls = breakdown.result()
+        found = _leakage_rows(part_fit, POOLED)
+        scored = [ScoredPLS(row, None, _pls_test(row)) for row in part_pls]
         if label == "category":
             leakage += [replace(r, category=name) for r in found]
             pls += [replace(p, category=name) for p in scored]
@@ -481,6 +478,18 @@ def _fit(cells: Cells, context: _Context) -> LeakageFit | None:
         n_bootstrap=context.options.model_bootstrap,
         relations=context.relations,
     )
+
+
+def _fit_slice(cells: Cells, mask: npt.NDArray[np.bool_], context: _Context) -> LeakageFit | None:
+    return _fit(cells.select(mask), context)
+
+
+def _breakdown(
+    cells: Cells, mask: npt.NDArray[np.bool_], context: _Context
+) -> tuple[LeakageFit | None, list[PLSRow]]:
+    """The leakage fit and the PLS table of one category or track."""
+    part = cells.select(mask)
+    return _fit(part, context), _pls(part, context, context.options.model_bootstrap)
 
 
 def _pls(cells: Cells, context: _Context, n_bootstrap: int | None = None) -> list[PLSRow]:
