@@ -722,8 +722,8 @@ def measure(store: EventStore, world: World, args: argparse.Namespace) -> None:
     )
     print(summary(full.analysis))
     print(f"\nfull recompute, best of {args.repeat}:")
-    print(f"  (no day sealed yet: Cells.from_rows(verdict_rows()) {from_rows:.3f} s; the first "
-          f"verdict_columns(), which seals the closed days, {sealing:.3f} s)")  # fmt: skip
+    print(f"  (no hour sealed yet: Cells.from_rows(verdict_rows()) {from_rows:.3f} s; the first "
+          f"verdict_columns(), which seals the closed hours, {sealing:.3f} s)")  # fmt: skip
     print(line("read: Cells.from_columns(verdict_columns()) + lineage", full.read))
     print(line("analyse(cells, lineage, StatisticsOptions())", full.analyse))
     best = full.total.best

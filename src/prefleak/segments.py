@@ -35,7 +35,6 @@ N_COUNTS = 16
 
 _CHUNK_ROWS = 100_000
 """Projection rows turned into columns at a time: bounds the Python tuples alive at once."""
-_CODE_FIELDS = ("benchmark", "judge", "lo", "hi", "prompt", "category", "track")
 VOCABULARY_OF = {
     "benchmark": "benchmarks",
     "judge": "models",
@@ -46,7 +45,8 @@ VOCABULARY_OF = {
     "track": "tracks",
 }
 """Each code column and the vocabulary its codes index."""
-VOCABULARIES = ("benchmarks", "models", "prompts", "categories", "tracks")
+_CODE_FIELDS = tuple(VOCABULARY_OF)
+VOCABULARIES = tuple(dict.fromkeys(VOCABULARY_OF.values()))
 _FORMAT = 2
 """Layout of :meth:`ProjectionColumns.to_bytes`; a segment of another layout is read again."""
 
@@ -185,13 +185,11 @@ _LAYOUT: tuple[tuple[str, str], ...] = (
 """Field and stored dtype of each array in a blob, in order."""
 
 
-def merged_codes(parts: Sequence[Any]) -> dict[str, Any]:
-    """Every vocabulary of ``parts`` merged, and their code columns concatenated and recoded to
-    it: per vocabulary the sorted names that rows use, per code column the codes.
-
-    ``parts``: :class:`ProjectionColumns` or anything with the same code columns and
-    vocabularies (:class:`~prefleak.stats.cells.Cells`). Name order makes the codes, and so
-    every result built on them, independent of the order rows came in.
+def merged_codes(parts: Sequence[ProjectionColumns]) -> dict[str, Any]:
+    """Every vocabulary of ``parts`` (at least one) merged, and their code columns concatenated
+    and recoded to it: per vocabulary the sorted names that rows use, per code column the codes.
+    Name order makes the codes, and so every result built on them, independent of the order
+    rows came in.
     """
     merged: dict[str, Any] = {}
     for vocabulary in VOCABULARIES:
@@ -205,8 +203,6 @@ def merged_codes(parts: Sequence[Any]) -> dict[str, Any]:
             field: np.concatenate(
                 [m[getattr(part, field)] for m, part in zip(maps, parts, strict=True)]
             )
-            if parts
-            else np.zeros(0, dtype=np.int64)
             for field in fields
         }
         # then only the names some row uses, keeping their order: one pass over all rows

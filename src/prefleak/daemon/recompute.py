@@ -258,10 +258,11 @@ class Recomputer:
         older = self._older_totals
         if older is None or older[0] != first or changed is None or any(h < first for h in changed):
             older = (first, self._store.verdict_totals(before=first))
-        self._older_totals = older
         if horizon > first:  # a read from before the horizon: keep the sums up to it
             earlier = cells.select(cells.window < horizon).totals()
             self._older_totals = (horizon, _summed(older[1] + earlier))
+        else:
+            self._older_totals = older
         return older[1] + cells.totals()
 
     def _compute(self, started: float) -> Snapshot:

@@ -16,7 +16,6 @@ import numpy.typing as npt
 
 from prefleak.pls import both_games
 from prefleak.segments import (
-    N_COUNTS,
     VOCABULARY_OF,
     ProjectionColumns,
     merged_codes,
@@ -79,14 +78,11 @@ class Cells:
     def from_columns(cls, parts: Sequence[ProjectionColumns]) -> Cells:
         """The cells of projection rows read as columns (sealed segments and rows alike), as
         :meth:`from_rows` of all their rows in part order gives them."""
+        parts = parts or [ProjectionColumns.from_rows(())]
         codes = merged_codes(parts)
-        window = np.concatenate([p.window for p in parts]) if parts else np.zeros(0, np.int64)
-        counts = (
-            np.concatenate([p.counts for p in parts]).astype(np.float64)
-            if parts
-            else np.zeros((0, N_COUNTS))
-        )
-        length_sum = np.concatenate([p.length_sum for p in parts]) if parts else np.zeros(0)
+        window = np.concatenate([p.window for p in parts])
+        counts = np.concatenate([p.counts for p in parts]).astype(np.float64)
+        length_sum = np.concatenate([p.length_sum for p in parts])
         loose, game1, game2 = counts[:, 0:3], counts[:, 3:6], counts[:, 6:9]
         length_n = counts[:, 15]
         # codes follow the name order of the models, so lo < hi holds for codes as for names

@@ -41,7 +41,7 @@ class Serial(Executor):
 
 
 def executor(threads: int) -> Executor:
-    """A pool of ``threads`` threads, or :class:`Serial` for one (use it as a context manager)."""
+    """A pool of ``threads`` threads, or :class:`Serial` for one; the caller shuts it down."""
     if threads <= 1:
         return Serial()
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prefleak-stats")
