@@ -25,6 +25,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+import prefleak.daemon.recompute as recompute_module
 from broker import TansuBroker
 from prefleak.config import MetricsSettings
 from prefleak.consumers.kafka import produce_events
@@ -674,3 +675,35 @@ def test_token_is_masked_and_unusable_token_settings_stop_serve(tmp_path: Path) 
         done = prefleak("serve", "--port", "0", "--db", db, **env)
         assert done.returncode == 2 and field in done.stderr, done.stderr
         assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+_FREED_HEAP = """
+import sys
+from prefleak.daemon.recompute import release_freed_memory
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+blocks = [bytes(1024) for _ in range(200_000)]  # over pymalloc's limit: glibc's heap
+fence = bytes(1024)  # keeps the heap's top in place: glibc cannot give it back on its own
+del blocks
+held = rss_mib()
+release_freed_memory()
+print(held, rss_mib())
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists() or recompute_module._MALLOC_TRIM is None,
+    reason="glibc's malloc_trim and /proc are Linux-only",
+)
+def test_a_recompute_hands_freed_heap_back_to_the_system() -> None:
+    """Freed heap stays resident until trimmed: without it, a recompute's peak would stay."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FREED_HEAP], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(recompute_module.__file__).parents[2])},
+    ).stdout  # fmt: skip
+    held, released = map(float, out.split())
+    assert held - released > 100, (held, released)

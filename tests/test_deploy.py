@@ -274,6 +274,8 @@ def test_image_config_volume_port_and_healthcheck_agree(
     assert exposed == {settings.http.port} == {9464}
     assert under(settings.db, STORE_DIR)
     assert env["PATH"].startswith("/opt/prefleak/bin:")
+    # the statistics run their own threads (statistics.threads): no BLAS threads on top
+    assert env["OPENBLAS_NUM_THREADS"] == "1"
 
     options, command = healthcheck(stage)
     assert {"--interval", "--timeout", "--start-period", "--retries"} <= set(options)

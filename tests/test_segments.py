@@ -128,6 +128,24 @@ def test_blob_round_trip_and_unknown_layouts(store_path: Path) -> None:
     assert back.models == columns.models and back.prompts == columns.prompts
     header = json.dumps({"format": 999}).encode()
     assert ProjectionColumns.from_bytes(len(header).to_bytes(4, "little") + header) is None
+    blob = columns.to_bytes()
+    for damaged in (blob[:-8], blob + b"\0", b"\xff\xff\xff\x7f{", b"", b"\x05\0\0\0[1,2]"):
+        assert ProjectionColumns.from_bytes(damaged) is None
+
+
+def test_a_damaged_segment_is_read_from_its_rows_and_sealed_again(store_path: Path) -> None:
+    with EventStore(store_path) as store:
+        rows = Cells.from_rows(store.verdict_rows())
+        store.verdict_columns()
+        damaged = min(_segments(store_path))
+        with sqlite3.connect(store_path) as db:
+            db.execute(
+                "UPDATE verdict_segments SET data = substr(data, 1, 100) WHERE start = ?",
+                (damaged,),
+            )
+        db.close()
+        _assert_same(rows, Cells.from_columns(store.verdict_columns()))
+    assert check_database(store_path, deep=True).ok  # sealed again from its rows
 
 
 def test_check_db_deep_compares_the_segments_with_their_rows(store_path: Path) -> None:

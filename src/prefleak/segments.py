@@ -158,7 +158,15 @@ class ProjectionColumns:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ProjectionColumns | None:
-        """The columns of :meth:`to_bytes`; None for a blob of another format."""
+        """The columns of :meth:`to_bytes`; None for a blob of another format or a damaged one
+        (the caller reads the rows instead: a segment is only a cache)."""
+        try:
+            return cls._decode(data)
+        except (struct.error, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    @classmethod
+    def _decode(cls, data: bytes) -> ProjectionColumns | None:
         (size,) = struct.unpack_from("<I", data)
         header = json.loads(data[4 : 4 + size])
         if header.get("format") != _FORMAT:
@@ -171,6 +179,8 @@ class ProjectionColumns:
             offset += stored.nbytes
             array = stored.astype(stored.dtype.newbyteorder("="))  # a copy: the blob can go
             arrays[field] = array.reshape(n, N_COUNTS) if width > 1 else array
+        if offset != len(data):
+            raise ValueError("a blob longer than its arrays")
         arrays.update((name, tuple(header[name])) for name in VOCABULARIES)
         return cls(**arrays)
 
